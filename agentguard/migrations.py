@@ -1,0 +1,143 @@
+"""The store's schema, grown one small migration at a time (never edit an applied one)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+MIGRATION_SET = "agentguard"
+migrations = Migrations(MIGRATION_SET)
+KNOWN: list[str] = []
+
+
+def migration(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+    """Register a migration and remember its name, to recognise a database from a newer version."""
+    KNOWN.append(fn.__name__)
+    return migrations()(fn)
+
+
+@migration
+def m001_initial(db: Database) -> None:
+    db["runs"].create(
+        {
+            "id": str,
+            "name": str,
+            "project": str,
+            "status": str,  # running | completed | failed | waiting | interrupted
+            "policy": str,  # JSON of the Policy in force
+            "primary_provider": str,
+            "primary_model": str,
+            "created_at": float,
+            "updated_at": float,
+            "ended_at": float,
+            "next_attempt_at": float,
+            "last_error": str,
+            "pid": int,
+            "hostname": str,
+        },
+        pk="id",
+    )
+    db["runs"].create_index(["status"])
+    db["steps"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "number": int,
+            "parent_id": int,
+            "base_len": int,  # messages kept from the parent's conversation
+            "total_len": int,  # messages in this step's conversation
+            "request": str,  # sha of the request blob (system, tools, params)
+            "stream": int,
+            "status": str,  # pending | ok | failed | waiting
+            "requested_provider": str,
+            "requested_model": str,
+            "served_provider": str,
+            "served_model": str,
+            "substituted": int,
+            "reason": str,
+            "checkpoint": str,  # shadow git commit of the working tree
+            "snapshot_ms": float,
+            "started_at": float,
+            "ended_at": float,
+            "latency_ms": float,
+            "input_tokens": int,
+            "output_tokens": int,
+            "stop_reason": str,
+            "response": str,  # JSON of the response as served
+            "error": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["steps"].create_index(["run_id", "number"], unique=True)
+    db["attempts"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "step_id": int,
+            "number": int,
+            "provider": str,
+            "model": str,
+            "base_url": str,
+            "started_at": float,
+            "slept_before_ms": float,
+            "latency_ms": float,
+            "status_code": int,
+            "error_type": str,
+            "error_code": str,
+            "request_id": str,
+            "outcome": str,  # ok | retry | wait | give_up | fatal | skip_route | route_unusable
+            "message": str,
+            "input_tokens": int,
+            "output_tokens": int,
+        },
+        pk="id",
+        foreign_keys=[("step_id", "steps", "id")],
+    )
+    db["attempts"].create_index(["step_id"])
+    db["attempts"].create_index(["model", "started_at"])
+    db["messages"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "step_id": int,
+            "position": int,
+            "role": str,
+            "content": str,  # JSON
+            "sha": str,
+        },
+        pk="id",
+        foreign_keys=[("step_id", "steps", "id")],
+    )
+    db["messages"].create_index(["step_id", "position"])
+    db["blobs"].create({"sha": str, "body": str}, pk="sha")
+    db["events"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "step_id": int,
+            "at": float,
+            "kind": str,
+            "detail": str,  # JSON
+        },
+        pk="id",
+    )
+    db["events"].create_index(["run_id", "at"])
+    db["snapshots"].create(
+        {
+            "commit_sha": str,
+            "project": str,
+            "run_id": str,
+            "step_id": int,
+            "kind": str,  # checkpoint | backup | drift
+            "created_at": float,
+            "tree": str,
+            "changed": int,
+            "skipped": str,  # JSON list of {path, reason, size}
+            "duration_ms": float,
+        },
+        pk="commit_sha",
+    )
+    db["snapshots"].create_index(["run_id"])

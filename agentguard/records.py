@@ -1,0 +1,68 @@
+"""What a guarded step tells its caller: the truth about who served it and how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One HTTP try of a step on a route (the fields an operator needs for support tickets)."""
+
+    number: int
+    provider: str
+    model: str
+    started_at: float
+    slept_before: float
+    latency: float
+    outcome: str
+    status_code: int | None = None
+    error_type: str | None = None
+    error_code: str | None = None
+    request_id: str | None = None
+    message: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Attached to every response a guarded client returns; read it with `agentguard.info()`."""
+
+    run_id: str
+    step_id: int
+    step: int
+    requested_provider: str
+    requested_model: str
+    served_provider: str
+    served_model: str
+    substituted: bool
+    reason: str | None
+    attempts: tuple[AttemptRecord, ...]
+    checkpoint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def request_id(self) -> str | None:
+        """The request-id of the attempt that served the step."""
+        return self.attempts[-1].request_id if self.attempts else None
+
+
+_ATTR = "_agentguard_info"
+
+
+def attach(value: Any, info: StepInfo) -> None:
+    """Hang the step's info on a response without changing its type or its serialisation."""
+    object.__setattr__(value, _ATTR, info)
+
+
+def info(value: Any) -> StepInfo:
+    """The StepInfo of a response (Message, stream or MessageStream) a guarded client returned."""
+    found = getattr(value, _ATTR, None)
+    if found is None:
+        raise LookupError(
+            f"{type(value).__name__} did not come from an agentguard-wrapped client, "
+            "so it carries no step info."
+        )
+    return found

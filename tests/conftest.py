@@ -1,0 +1,91 @@
+"""Shared fixtures: a fake provider on loopback, a private AGENTGUARD_HOME, a real git project."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anthropic import Anthropic, AsyncAnthropic
+
+import agentguard
+from agentguard.clock import FakeClock
+from agentguard.testing import FakeProvider
+
+# A key whose bytes must never reach the store, the shadow store or a log.
+API_KEY = "sk-ant-api03-NEVER-PERSIST-7f3a9c1e5b2d4f6a8c0e"
+
+GIT_ENV = {
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Test User",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test User",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | GIT_ENV
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    )
+    return done.stdout
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider() as server:
+        yield server
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "agentguard-home"
+    monkeypatch.setenv("AGENTGUARD_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    path = tmp_path / "project"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "app.py").write_text("def add(a, b):\n    return a - b\n")
+    (path / ".gitignore").write_text("*.log\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def guarded(
+    fake: FakeProvider, home: Path, project: Path, clock: FakeClock
+) -> Iterator[Callable[..., Any]]:
+    """Factory: a wrapped (sync or async) Anthropic client talking to the fake provider."""
+    made: list[Any] = []
+
+    def make(*, asynchronous: bool = False, timeout: float = 10.0, **options: Any) -> Any:
+        cls = AsyncAnthropic if asynchronous else Anthropic
+        client = cls(base_url=fake.base_url, api_key=API_KEY, timeout=timeout)
+        options.setdefault("rng", random.Random(42))
+        wrapped = agentguard.wrap(client, project=project, clock=clock, **options)
+        made.append(wrapped)
+        return wrapped
+
+    yield make
+    for wrapped in made:
+        wrapped.agentguard.close()
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}

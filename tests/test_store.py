@@ -1,0 +1,78 @@
+"""The store on real SQLite files: private, WAL, migrated, and honest about bad files."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from agentguard.errors import StoreError
+from agentguard.store import DB_NAME, Store
+
+
+def test_a_new_store_is_private_wal_and_migrated(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    path = tmp_path / "home" / DB_NAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
+    assert store.query("pragma journal_mode")[0]["journal_mode"] == "wal"
+    assert int(store.query("pragma busy_timeout")[0]["timeout"]) >= 10_000
+    tables = set(store.db.table_names())
+    assert {"runs", "steps", "attempts", "messages", "events", "blobs", "snapshots"} <= tables
+    store.close()
+    again = Store.open(tmp_path / "home")  # reopening applies nothing twice
+    assert len(again.query("select * from _sqlite_migrations")) == 1
+
+
+def test_agentguard_home_env_var_is_honoured(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AGENTGUARD_HOME", str(tmp_path / "from-env"))
+    store = Store.open()
+    assert store.path == tmp_path / "from-env" / DB_NAME
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_kept(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    bogus = home / DB_NAME
+    bogus.write_bytes(b"this is my shopping list, not a database\n" * 20)
+    with pytest.raises(StoreError, match=r"damaged or not a database; move it aside \(mv ") as e:
+        Store.open(home)
+    assert "\n" not in str(e.value)
+    assert bogus.read_bytes().startswith(b"this is my shopping list")
+
+
+def test_a_corrupted_database_is_refused_and_kept(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    Store.open(home).close()
+    path = home / DB_NAME
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # keep the header, trash the schema page
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="damaged or not a database"):
+        Store.open(home)
+    assert path.read_bytes() == before
+
+
+def test_a_database_from_a_newer_agentguard_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    Store.open(home).close()
+    conn = sqlite3.connect(home / DB_NAME)
+    conn.execute(
+        "insert into _sqlite_migrations (migration_set, name, applied_at) "
+        "values ('agentguard', 'm999_future', 'x')"
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=r"written by a newer agentguard .*upgrade agentguard"):
+        Store.open(home)
+
+
+def test_an_unwritable_home_says_what_to_do(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match=r"cannot write to its data folder .*set AGENTGUARD_HOME"):
+        Store.open(blocker / "home")
+    assert blocker.read_text() == "not a folder"
