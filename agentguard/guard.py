@@ -1,8 +1,9 @@
 """The guarded step: checkpoint → routes → attempts → record.
 
-The step is written once, as a generator that yields what it needs done (`Call`, `Sleep`,
-`Join`) and receives the results; `drive` runs it with blocking calls and `adrive` with
-awaits, so the sync and async clients share every decision.
+Reading top to bottom: `step` checkpoints the conversation and starts the tree snapshot,
+`_serve` walks the routes the policy allows (breaker-aware, restoring the checkpoint before a
+route change), `_try_route` runs one route's bounded retries, and `_finish` records who served
+and hands back the caller's own SDK object, annotated with the truth.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from agentguard.classify import Action, Decision, Failure, decide, describe
+from agentguard.breaker import Admission, Breaker, BreakerSettings
+from agentguard.budget import BudgetSettings, RetryBudget
+from agentguard.classify import RETRYABLE, Action, Decision, Failure, Kind, decide, describe
 from agentguard.clock import Clock, SystemClock
 from agentguard.conversation import Head, delta, request_blob
 from agentguard.errors import ProjectError, RetriesExhausted, RunQueued
 from agentguard.home import project_key
+from agentguard.plan import Action as PlanAction
+from agentguard.plan import Call, Join, Sleep, StepPlan
 from agentguard.policy import Policy, resolve_policy
 from agentguard.records import AttemptRecord, StepInfo, attach
 from agentguard.routes import Route
@@ -32,20 +37,23 @@ from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES, ShadowRepo, Snapshot
 from agentguard.store import Store, dumps
 
 log = logging.getLogger("agentguard")
-T = TypeVar("T")
+_PROBE_FAILED = "probe failed"
+_BREAKER_OPENED = "breaker opened"
 
 
 @dataclass
 class Served:
-    """One successful attempt, as the provider adapter reports it."""
+    """One successful attempt, as the provider seam reports it."""
 
-    value: Any  # what the caller receives (Message, stream, MessageStream …)
+    value: Any  # what the caller receives (Message, stream, MessageStream, ChatCompletion …)
     request_id: str | None
     model: str
     input_tokens: int | None = None
     output_tokens: int | None = None
     stop_reason: str | None = None
     response_json: str | None = None
+    native: dict[str, Any] | None = None  # the final response as JSON, in the route's own format
+    notes: list[str] = field(default_factory=list)  # what translation had to drop
 
 
 @dataclass(frozen=True)
@@ -59,23 +67,21 @@ class StepRequest:
 
 
 @dataclass(frozen=True)
-class Call:
+class RouteFailure:
+    """Why one route did not serve a step."""
+
     route: Route
-    attempt: int
+    reason: str
+    action: Action
+    failure: Failure | None = None
+    error: BaseException | None = None
+    cooling: bool = False  # stopped by the breaker: a later probe may still serve
 
 
-@dataclass(frozen=True)
-class Sleep:
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Join:
-    future: Future[Any]
-
-
-Action_ = Call | Sleep | Join
-StepPlan = Generator[Action_, Any, Any]
+def summarize(failed: Sequence[RouteFailure], *, full: bool = False) -> str:
+    """Each route's last reason, in order: 'claude-opus-4-7: 529 overloaded_error ×4'."""
+    last = {f.route.key: f for f in failed}
+    return "; ".join(f"{f.route.key if full else f.route.model}: {f.reason}" for f in last.values())
 
 
 @dataclass
@@ -87,10 +93,14 @@ class _StepState:
     attempts: list[AttemptRecord] = field(default_factory=list)
     snapshot: Future[Snapshot] | None = None
     checkpoint: str | None = None
+    slept: float = 0.0  # the delay slept before the next attempt
+
+    def time_left(self, policy: Policy, clock: Clock) -> float:
+        return policy.step_deadline - (clock.monotonic() - self.started_mono)
 
 
 class Guard:
-    """One run: its store rows, its conversation head and its working-tree checkpoints."""
+    """One run: its store rows, its conversation head, its checkpoints and its routes."""
 
     def __init__(
         self,
@@ -98,18 +108,26 @@ class Guard:
         *,
         run: str | None = None,
         policy: str | Policy | dict[str, Any] | None = None,
+        chain: Sequence[Route] = (),
+        on_substitution: Callable[[StepInfo], None] | None = None,
         home: str | os.PathLike[str] | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
         snapshots: bool = True,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        breaker: BreakerSettings | None = None,
+        budget: BudgetSettings | None = None,
         store: Store | None = None,
     ) -> None:
-        self.project = _project_folder(project)
+        self.project = project_folder(project)
         self.policy = resolve_policy(policy)
+        self.chain = list(chain)
+        self.on_substitution = on_substitution
         self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.store = store or Store.open(home)
+        self.breaker = Breaker(self.store, self.clock, breaker)
+        self.budget = RetryBudget(self.store, self.clock, budget)
         self.shadow = (
             ShadowRepo(
                 self.project,
@@ -124,7 +142,7 @@ class Guard:
         self._head = Head()
         self._steps = 0
         self._last_status = "running"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentguard-snapshot")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentguard-git")
         now = self.clock.now()
         self.store.insert_run(
             {
@@ -142,7 +160,7 @@ class Guard:
         self._closed = False
         atexit.register(self._at_exit)
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self, status: str | None = None) -> None:
         """End the run: `completed` unless its last step failed (or `status` says otherwise)."""
@@ -161,19 +179,27 @@ class Guard:
         except Exception:  # the interpreter is going away; never mask its own exit
             log.debug("agentguard: closing run %s at exit failed", self.run_id, exc_info=True)
 
-    # -- the step ----------------------------------------------------------------------------
+    def routes_for(self, requested: Route) -> list[Route]:
+        """The routes a step may use, primary first; `forbid` never changes route."""
+        if self.policy.substitution == "forbid":
+            return [requested]
+        keys = [route.key for route in self.chain]
+        rest = self.chain[keys.index(requested.key) + 1 :] if requested.key in keys else self.chain
+        return [requested, *(route for route in rest if route.key != requested.key)]
+
+    # -- the step --------------------------------------------------------------------------------
 
     def step(self, request: StepRequest) -> StepPlan:
-        """The guarded step as a plan of actions; see `drive` / `adrive`."""
+        """The guarded step as a plan of actions; run it with `plan.drive` / `plan.adrive`."""
         state = self._checkpoint(request)
         try:
-            served, route = yield from self._attempts(state, [request.route])
+            served, route, failed = yield from self._serve(state, self.routes_for(request.route))
         except BaseException as exc:
             yield from self._join_snapshot(state)
             self._fail_step(state, exc)
             raise
         yield from self._join_snapshot(state)
-        return self._finish_step(state, served, route)
+        return self._finish(state, served, route, failed)
 
     def _checkpoint(self, request: StepRequest) -> _StepState:
         """Store the conversation's new messages and start the working-tree snapshot."""
@@ -209,55 +235,156 @@ class Guard:
             )
         return state
 
-    def _attempts(
+    def _serve(
         self, state: _StepState, routes: Sequence[Route]
-    ) -> Generator[Action_, Any, tuple[Served, Route]]:
-        """Try each route in turn, each with its own bounded, jittered retries."""
-        policy = self.policy
-        last: tuple[Failure, Decision, BaseException] | None = None
-        slept = 0.0
-        for route in routes:
-            tries = 0
-            while True:
-                tries += 1
-                number = len(state.attempts) + 1
-                began_at = self.clock.now()
-                began = self.clock.monotonic()
-                ok, result = yield Call(route, number)
-                latency = self.clock.monotonic() - began
-                if ok:
-                    self._record_attempt(state, route, number, began_at, slept, latency, result)
-                    return result, route
-                failure = describe(result, now=self.clock.now())
-                if failure is None:  # not a provider error: a bug or an interrupt; surface as is
-                    self._record_foreign(state, route, number, began_at, slept, latency, result)
-                    raise result
-                time_left = policy.step_deadline - (self.clock.monotonic() - state.started_mono)
-                decision = decide(failure, policy, attempt=tries, time_left=time_left, rng=self.rng)
-                self._record_attempt(
-                    state, route, number, began_at, slept, latency, failure, decision
-                )
-                last = (failure, decision, result)
-                if decision.action is Action.RETRY:
-                    slept = decision.delay
-                    yield Sleep(decision.delay)
+    ) -> Generator[PlanAction, Any, tuple[Served, Route, list[RouteFailure]]]:
+        """Walk the routes in order until one serves; while routes only wait for their breaker's
+        next probe and the deadline allows, wait for it and try again."""
+        failed: list[RouteFailure] = []
+        quota_spent: set[tuple[str, str | None, str | None]] = set()
+        first_tried: Route | None = None
+        candidates = list(routes)
+        deadline_hit = False
+        while True:
+            cooling: list[Route] = []  # held back only by their breaker
+            for route in candidates:
+                if route.account in quota_spent:
+                    self._skip(state, failed, route, "shares the rate-limited quota")
                     continue
-                slept = 0.0
-                if decision.action is Action.FATAL:
-                    self._reject(state, failure, result)
-                self.event(
-                    state.step_id,
-                    f"route_{decision.action.value}",
-                    route=route.key,
-                    reason=decision.reason,
-                )
+                admission = self.breaker.admit(route.key)
+                if admission is Admission.OPEN:
+                    self._skip(state, failed, route, "breaker open: overloaded, cooling down")
+                    cooling.append(route)
+                    continue
+                if first_tried is None:
+                    first_tried = route
+                elif route.key != first_tried.key:
+                    yield from self._verify_tree(state, route)
+                served, failure = yield from self._try_route(state, route, admission)
+                if served is not None:
+                    return served, route, failed
+                assert failure is not None
+                failed.append(failure)
+                if failure.failure is not None and failure.failure.kind is Kind.RATE_LIMITED:
+                    quota_spent.add(route.account)
+                if failure.cooling:
+                    cooling.append(route)
+            wait = self._until_next_probe(cooling)
+            if wait is None:
                 break
-        assert last is not None
-        self._give_up(state, *last)
+            if wait > state.time_left(self.policy, self.clock):
+                deadline_hit = True
+                break
+            yield Sleep(wait)
+            state.slept = wait
+            candidates = cooling
+        self._give_up(state, failed, deadline_hit)
         raise AssertionError("unreachable")  # _give_up always raises
 
-    def _join_snapshot(self, state: _StepState) -> Generator[Action_, Any, None]:
-        if state.snapshot is None or state.checkpoint is not None:
+    def _try_route(
+        self, state: _StepState, route: Route, admission: Admission
+    ) -> Generator[PlanAction, Any, tuple[Served | None, RouteFailure | None]]:
+        """One route's attempts: bounded, jittered, budgeted; a probe gets one try."""
+        tries = 0
+        while True:
+            tries += 1
+            self.budget.note(route.key, retry=tries > 1)
+            number = len(state.attempts) + 1
+            began_at, began = self.clock.now(), self.clock.monotonic()
+            ok, result = yield Call(route, number)
+            latency = self.clock.monotonic() - began
+            if ok:
+                self.breaker.record_success(route.key, sent_at=began_at)
+                self._record(
+                    state,
+                    route,
+                    AttemptRecord.served(number, route, began_at, state.slept, latency, result),
+                )
+                state.slept = 0.0
+                return result, None
+            failure = describe(result, now=self.clock.now())
+            if failure is None:  # not a provider error: a bug or an interrupt; surface it as is
+                self._record(
+                    state,
+                    route,
+                    AttemptRecord.foreign(number, route, began_at, state.slept, latency, result),
+                )
+                raise result
+            if failure.kind in RETRYABLE:
+                self.breaker.record_failure(route.key, retry_after=failure.retry_after)
+            decision = self._decide(state, route, failure, tries, admission)
+            self._record(
+                state,
+                route,
+                AttemptRecord.failed(
+                    number, route, began_at, state.slept, latency, failure, decision
+                ),
+            )
+            log.warning(
+                "agentguard: step %s attempt %s on %s failed: %s (request-id %s, %.0f ms) → %s",
+                state.number,
+                number,
+                route.key,
+                failure.label,
+                failure.request_id,
+                latency * 1000,
+                decision.reason,
+            )
+            state.slept = 0.0
+            if decision.action is Action.RETRY:
+                # the checkpoint is taken before anything can change during the backoff
+                yield from self._join_snapshot(state)
+                yield Sleep(decision.delay)
+                state.slept = decision.delay
+                continue
+            if decision.action is Action.FATAL:
+                self._reject(state, failure, result)
+            self.event(
+                state.step_id,
+                f"route_{decision.action.value}",
+                route=route.key,
+                reason=decision.reason,
+                request_id=failure.request_id,
+            )
+            cooling = decision.reason.endswith((_PROBE_FAILED, _BREAKER_OPENED))
+            return None, RouteFailure(
+                route, decision.reason, decision.action, failure, result, cooling
+            )
+
+    def _decide(
+        self, state: _StepState, route: Route, failure: Failure, tries: int, admission: Admission
+    ) -> Decision:
+        decision = decide(
+            failure,
+            self.policy,
+            attempt=tries,
+            time_left=state.time_left(self.policy, self.clock),
+            rng=self.rng,
+        )
+        if decision.action is not Action.RETRY:
+            return decision
+        if admission is Admission.PROBE:
+            return Decision(Action.NEXT_ROUTE, reason=f"{failure.label}: {_PROBE_FAILED}")
+        if self.breaker.health(route.key).state == "open":
+            return Decision(Action.NEXT_ROUTE, reason=f"{failure.label}: {_BREAKER_OPENED}")
+        if not self.budget.allow_retry(route.key):
+            return Decision(Action.NEXT_ROUTE, reason=f"{failure.label}: retry budget spent")
+        return decision
+
+    def _skip(
+        self, state: _StepState, failed: list[RouteFailure], route: Route, reason: str
+    ) -> None:
+        failed.append(RouteFailure(route, reason, Action.NEXT_ROUTE))
+        self.event(state.step_id, "route_skipped", route=route.key, reason=reason)
+
+    def _until_next_probe(self, routes: Sequence[Route]) -> float | None:
+        times = [t for r in routes if (t := self.breaker.next_probe_at(r.key)) is not None]
+        return max(min(times) - self.clock.now(), 0.0) if times else None
+
+    # -- the working tree ------------------------------------------------------------------------
+
+    def _join_snapshot(self, state: _StepState) -> Generator[PlanAction, Any, None]:
+        if state.snapshot is None:
             return
         future, state.snapshot = state.snapshot, None
         try:
@@ -267,20 +394,7 @@ class Guard:
             self.event(state.step_id, "snapshot_failed", error=str(exc))
             return
         state.checkpoint = snap.commit
-        self.store.insert_snapshot(
-            {
-                "commit_sha": snap.commit,
-                "project": str(self.project),
-                "run_id": self.run_id,
-                "step_id": state.step_id,
-                "kind": "checkpoint",
-                "created_at": self.clock.now(),
-                "tree": snap.tree,
-                "changed": snap.changed,
-                "skipped": dumps([s.__dict__ for s in snap.skipped]),
-                "duration_ms": snap.duration_ms,
-            }
-        )
+        self._store_snapshot(state, snap, "checkpoint")
         if snap.skipped:
             self.event(
                 state.step_id,
@@ -288,115 +402,79 @@ class Guard:
                 paths=[{"path": s.path, "reason": s.reason, "size": s.size} for s in snap.skipped],
             )
 
-    # -- recording ---------------------------------------------------------------------------
+    def _verify_tree(self, state: _StepState, route: Route) -> Generator[PlanAction, Any, None]:
+        """Before a route change: the tree must match the checkpoint; drift is kept, then undone."""
+        yield from self._join_snapshot(state)
+        if self.shadow is None or state.checkpoint is None:
+            return
+        checkpoint, shadow = state.checkpoint, self.shadow
+
+        def verify() -> tuple[Snapshot, Any]:
+            same, current = shadow.matches(checkpoint)
+            return current, (None if same else shadow.restore(checkpoint))
+
+        current, restored = yield Join(self._executor.submit(verify))
+        if restored is None:
+            self.event(state.step_id, "tree_verified", route=route.key, checkpoint=checkpoint)
+            return
+        self._store_snapshot(state, current, "drift")
+        changes = [{"status": c.status, "path": c.path} for c in restored.changes]
+        self.event(
+            state.step_id,
+            "drift_restored",
+            route=route.key,
+            checkpoint=checkpoint,
+            drift_snapshot=current.commit,
+            changes=changes,
+            preserved=list(restored.preserved),
+        )
+        log.warning(
+            "agentguard: the working tree changed during step %s; kept it as %s and restored "
+            "checkpoint %s before switching to %s",
+            state.number,
+            current.commit[:12],
+            checkpoint[:12],
+            route.key,
+        )
+
+    def _store_snapshot(self, state: _StepState, snap: Snapshot, kind: str) -> None:
+        self.store.insert_snapshot(
+            {
+                "commit_sha": snap.commit,
+                "project": str(self.project),
+                "run_id": self.run_id,
+                "step_id": state.step_id,
+                "kind": kind,
+                "created_at": self.clock.now(),
+                "tree": snap.tree,
+                "changed": snap.changed,
+                "skipped": dumps([s.__dict__ for s in snap.skipped]),
+                "duration_ms": snap.duration_ms,
+            }
+        )
+
+    # -- recording -------------------------------------------------------------------------------
 
     def event(self, step_id: int | None, kind: str, **detail: Any) -> None:
         self.store.insert_event(self.run_id, kind, detail, at=self.clock.now(), step_id=step_id)
 
-    def _record_attempt(
-        self,
-        state: _StepState,
-        route: Route,
-        number: int,
-        began_at: float,
-        slept: float,
-        latency: float,
-        result: Served | Failure,
-        decision: Decision | None = None,
-    ) -> None:
-        if isinstance(result, Served):
-            record = AttemptRecord(
-                number=number,
-                provider=route.provider,
-                model=route.model,
-                started_at=began_at,
-                slept_before=slept,
-                latency=latency,
-                outcome="ok",
-                status_code=200,
-                request_id=result.request_id,
-                input_tokens=result.input_tokens,
-                output_tokens=result.output_tokens,
-            )
-        else:
-            assert decision is not None
-            record = AttemptRecord(
-                number=number,
-                provider=route.provider,
-                model=route.model,
-                started_at=began_at,
-                slept_before=slept,
-                latency=latency,
-                outcome=decision.action.value,
-                status_code=result.status_code,
-                error_type=result.error_type,
-                error_code=result.error_code,
-                request_id=result.request_id,
-                message=result.message,
-            )
-            log.warning(
-                "agentguard: step %s attempt %s on %s failed: %s (request-id %s, %.0f ms) → %s",
-                state.number,
-                number,
-                route.key,
-                result.label,
-                result.request_id,
-                latency * 1000,
-                decision.reason,
-            )
-        self._store_attempt(state, route, record)
-
-    def _record_foreign(
-        self,
-        state: _StepState,
-        route: Route,
-        number: int,
-        began_at: float,
-        slept: float,
-        latency: float,
-        exc: BaseException,
-    ) -> None:
-        record = AttemptRecord(
-            number=number,
-            provider=route.provider,
-            model=route.model,
-            started_at=began_at,
-            slept_before=slept,
-            latency=latency,
-            outcome="error",
-            error_type=type(exc).__name__,
-            message=str(exc)[:500],
-        )
-        self._store_attempt(state, route, record)
-
-    def _store_attempt(self, state: _StepState, route: Route, record: AttemptRecord) -> None:
+    def _record(self, state: _StepState, route: Route, record: AttemptRecord) -> None:
         state.attempts.append(record)
         self.store.insert_attempt(
             {
                 "run_id": self.run_id,
                 "step_id": state.step_id,
-                "number": record.number,
-                "provider": record.provider,
-                "model": record.model,
                 "base_url": route.base_url,
-                "started_at": record.started_at,
-                "slept_before_ms": record.slept_before * 1000,
-                "latency_ms": record.latency * 1000,
-                "status_code": record.status_code,
-                "error_type": record.error_type,
-                "error_code": record.error_code,
-                "request_id": record.request_id,
-                "outcome": record.outcome,
-                "message": record.message,
-                "input_tokens": record.input_tokens,
-                "output_tokens": record.output_tokens,
+                **record.row(),
             }
         )
 
-    def _finish_step(self, state: _StepState, served: Served, route: Route) -> Any:
+    def _finish(
+        self, state: _StepState, served: Served, route: Route, failed: list[RouteFailure]
+    ) -> Any:
         requested = state.request.route
         substituted = route.key != requested.key
-        reason = None
+        reason = summarize(failed) if substituted else None
         info = StepInfo(
             run_id=self.run_id,
             step_id=state.step_id,
@@ -433,9 +511,35 @@ class Guard:
             updated_at=now,
             primary_provider=requested.provider,
             primary_model=requested.model,
+            next_attempt_at=None,
         )
+        if served.notes:
+            self.event(state.step_id, "translation_dropped", route=route.key, dropped=served.notes)
+        if substituted:
+            self._announce(info)
         attach(served.value, info)
         return served.value
+
+    def _announce(self, info: StepInfo) -> None:
+        """A substitution is never silent: always recorded, announced when the policy says so."""
+        self.event(
+            info.step_id,
+            "substitution",
+            requested=f"{info.requested_provider}:{info.requested_model}",
+            served=f"{info.served_provider}:{info.served_model}",
+            reason=info.reason,
+            policy=self.policy.substitution,
+        )
+        message = (
+            f"agentguard: step {info.step} served by {info.served_model} "
+            f"({info.served_provider}) instead of {info.requested_model}: {info.reason}"
+        )
+        if self.policy.substitution == "announce" and self.on_substitution is not None:
+            self.on_substitution(info)
+        elif self.policy.substitution == "announce":
+            log.warning(message)
+        else:
+            log.info(message)
 
     def _fail_step(self, state: _StepState, exc: BaseException) -> None:
         queued = isinstance(exc, RunQueued)
@@ -454,9 +558,11 @@ class Guard:
             return
         self._last_status = status
         fields: dict[str, Any] = {"status": status, "updated_at": now, "last_error": message}
-        if queued:
+        if isinstance(exc, RunQueued):
             fields["next_attempt_at"] = exc.next_attempt_at.timestamp()
         self.store.update_run(self.run_id, **fields)
+
+    # -- endings ---------------------------------------------------------------------------------
 
     def _reject(self, state: _StepState, failure: Failure, exc: BaseException) -> None:
         """400/413: surface the SDK's own error at once, never hidden by a fallback."""
@@ -474,102 +580,55 @@ class Guard:
         )
         raise exc
 
-    def _give_up(
-        self, state: _StepState, failure: Failure, decision: Decision, exc: BaseException
-    ) -> None:
-        tried = len(state.attempts)
+    def _give_up(self, state: _StepState, failed: list[RouteFailure], deadline_hit: bool) -> None:
+        """No route served: say exactly why, queue the run if the policy forbids substitution."""
         where = f"run {self.run_id} step {state.number}"
-        if decision.action in (Action.ROUTE_UNUSABLE, Action.SKIP_ROUTE):
+        tried = len(state.attempts)
+        errors = [f for f in failed if f.error is not None]
+        last = errors[-1] if errors else None
+        last_id = last.failure.request_id if last and last.failure else None
+        cause = last.error if last else None
+        unusable = (Action.ROUTE_UNUSABLE, Action.SKIP_ROUTE)
+        if errors and all(f.action in unusable for f in errors) and cause is not None:
+            first = errors[0]
             what = (
                 "check the API key, permissions or billing for this route"
-                if decision.action is Action.ROUTE_UNUSABLE
+                if first.action is Action.ROUTE_UNUSABLE
                 else "check the model name for this route"
             )
-            exc.add_note(
-                f"agentguard: {decision.reason} — the route cannot serve; {what} "
-                f"(request-id {failure.request_id}, {where})."
+            request_id = first.failure.request_id if first.failure else None
+            assert first.error is not None
+            first.error.add_note(
+                f"agentguard: {first.reason} — route {first.route.key} cannot serve; {what} "
+                f"(request-id {request_id}, {where})."
             )
-            raise exc
+            raise first.error
+        why = summarize(failed, full=True) or "no route could be tried"
+        if deadline_hit:
+            why += "; the step deadline passed while waiting for a probe"
         if self.policy.substitution == "forbid":
             when = datetime.fromtimestamp(self.clock.now() + self.policy.queue_delay, UTC)
-            self.event(
-                state.step_id, "queued", next_attempt_at=when.timestamp(), reason=decision.reason
-            )
+            self.event(state.step_id, "queued", next_attempt_at=when.timestamp(), reason=why)
             raise RunQueued(
-                f"{where} is queued until {when:%Y-%m-%d %H:%M:%S} UTC: {decision.reason} after "
-                f"{tried} attempt(s) (last request-id {failure.request_id}) and policy "
-                f"{self.policy.name!r} forbids substitution; resume it with "
-                f"`agentguard resume {self.run_id}`.",
+                f"{where} is queued until {when:%Y-%m-%d %H:%M:%S} UTC: {why} after {tried} "
+                f"attempt(s) (last request-id {last_id}), and policy {self.policy.name!r} "
+                f"forbids substitution; resume it with `agentguard resume {self.run_id}`.",
                 next_attempt_at=when,
                 run_id=self.run_id,
                 step_id=str(state.step_id),
                 attempts=state.attempts,
-            ) from exc
+            ) from cause
         raise RetriesExhausted(
-            f"{where} failed after {tried} attempt(s): {decision.reason} "
-            f"(last request-id {failure.request_id}); no other route could serve it.",
+            f"{where} failed after {tried} attempt(s): {why} (last request-id {last_id}); "
+            "no route could serve it.",
             run_id=self.run_id,
             step_id=str(state.step_id),
             attempts=state.attempts,
-        ) from exc
+        ) from cause
 
 
-# -- drivers -----------------------------------------------------------------------------------
-
-
-def drive(plan: StepPlan, call: Callable[[Call], Any], clock: Clock) -> Any:
-    """Run a step plan with blocking I/O."""
-    try:
-        action = next(plan)
-        while True:
-            if isinstance(action, Call):
-                try:
-                    reply: Any = (True, call(action))
-                except Exception as exc:
-                    reply = (False, exc)
-                action = plan.send(reply)
-            elif isinstance(action, Sleep):
-                clock.sleep(action.seconds)
-                action = plan.send(None)
-            else:
-                try:
-                    value = action.future.result()
-                except Exception as exc:
-                    action = plan.throw(exc)
-                else:
-                    action = plan.send(value)
-    except StopIteration as stop:
-        return stop.value
-
-
-async def adrive(plan: StepPlan, call: Callable[[Call], Awaitable[Any]], clock: Clock) -> Any:
-    """Run a step plan on an event loop; a snapshot still runs in its thread."""
-    import asyncio
-
-    try:
-        action = next(plan)
-        while True:
-            if isinstance(action, Call):
-                try:
-                    reply: Any = (True, await call(action))
-                except Exception as exc:
-                    reply = (False, exc)
-                action = plan.send(reply)
-            elif isinstance(action, Sleep):
-                await clock.asleep(action.seconds)
-                action = plan.send(None)
-            else:
-                try:
-                    value = await asyncio.wrap_future(action.future)
-                except Exception as exc:
-                    action = plan.throw(exc)
-                else:
-                    action = plan.send(value)
-    except StopIteration as stop:
-        return stop.value
-
-
-def _project_folder(project: str | os.PathLike[str]) -> Path:
+def project_folder(project: str | os.PathLike[str]) -> Path:
+    """The project as an absolute folder, or one sentence saying what is wrong with it."""
     path = Path(project).expanduser()
     if not path.exists():
         raise ProjectError(
@@ -581,6 +640,3 @@ def _project_folder(project: str | os.PathLike[str]) -> Path:
             "(project=...)."
         )
     return path.resolve()
-
-
-__all__ = ["Call", "Guard", "Join", "Served", "Sleep", "StepRequest", "adrive", "drive"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import platformdirs
@@ -23,9 +24,9 @@ def ensure_home(path: Path) -> Path:
     """Create the data folder (mode 0700) or say plainly why it cannot be used."""
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}-{threading.get_ident()}"
         probe.touch()
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise StoreError(

@@ -141,3 +141,32 @@ def m001_initial(db: Database) -> None:
         pk="commit_sha",
     )
     db["snapshots"].create_index(["run_id"])
+
+
+@migration
+def m002_breaker_and_budget(db: Database) -> None:
+    # One row per route: the shared overload breaker (agentguard.breaker).
+    db["route_health"].create(
+        {
+            "route": str,
+            "state": str,  # closed | open
+            "failures": int,  # overload failures in the current streak
+            "first_failure_at": float,  # start of the streak (no success since)
+            "last_failure_at": float,
+            "open_since": float,
+            "next_probe_at": float,  # while open: when the next probe slot opens
+            "last_success_at": float,
+            "updated_at": float,
+        },
+        pk="route",
+        not_null={"state", "failures"},
+        defaults={"state": "closed", "failures": 0},
+    )
+    # One row per request sent: the retry budget's sliding window (agentguard.budget).
+    db["route_traffic"].create(
+        {"id": int, "route": str, "at": float, "retry": int},
+        pk="id",
+        not_null={"route", "at", "retry"},
+    )
+    # Covering index: the budget's count reads only the index.
+    db["route_traffic"].create_index(["route", "at", "retry"])

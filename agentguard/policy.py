@@ -155,10 +155,12 @@ def validate_model(model: type[BaseModel], data: dict[str, Any], where: str) -> 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, where)) from None
+        raise ConfigError(describe_validation_error(exc, where, model)) from None
 
 
-def describe_validation_error(exc: ValidationError, where: str) -> str:
+def describe_validation_error(
+    exc: ValidationError, where: str, model: type[BaseModel] | None = None
+) -> str:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or where
     got = first.get("input")
@@ -166,15 +168,10 @@ def describe_validation_error(exc: ValidationError, where: str) -> str:
     if first["type"] == "literal_error":
         message = f"must be one of {first['ctx']['expected']}"
     elif first["type"] == "extra_forbidden":
-        allowed = ", ".join(sorted(_fields(exc)))
+        allowed = ", ".join(sorted(model.model_fields)) if model else "listed in the README"
         return f"Invalid {where}: unknown field {field!r}; allowed fields are {allowed}."
     suffix = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
     more = f"; {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
     if field == where:  # a check across fields names them itself
         return f"Invalid {where}: {message}{suffix}{more}."
     return f"Invalid {where}: {field} {message}{suffix}{more}."
-
-
-def _fields(exc: ValidationError) -> list[str]:
-    model = {"Policy": Policy}.get(exc.title)
-    return list(model.model_fields) if model else []

@@ -25,6 +25,92 @@ class AttemptRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
 
+    @classmethod
+    def served(
+        cls, number: int, route: Any, began_at: float, slept: float, latency: float, served: Any
+    ) -> AttemptRecord:
+        return cls(
+            number=number,
+            provider=route.provider,
+            model=route.model,
+            started_at=began_at,
+            slept_before=slept,
+            latency=latency,
+            outcome="ok",
+            status_code=200,
+            request_id=served.request_id,
+            input_tokens=served.input_tokens,
+            output_tokens=served.output_tokens,
+        )
+
+    @classmethod
+    def failed(
+        cls,
+        number: int,
+        route: Any,
+        began_at: float,
+        slept: float,
+        latency: float,
+        failure: Any,
+        decision: Any,
+    ) -> AttemptRecord:
+        return cls(
+            number=number,
+            provider=route.provider,
+            model=route.model,
+            started_at=began_at,
+            slept_before=slept,
+            latency=latency,
+            outcome=decision.action.value,
+            status_code=failure.status_code,
+            error_type=failure.error_type,
+            error_code=failure.error_code,
+            request_id=failure.request_id,
+            message=failure.message,
+        )
+
+    @classmethod
+    def foreign(
+        cls,
+        number: int,
+        route: Any,
+        began_at: float,
+        slept: float,
+        latency: float,
+        exc: BaseException,
+    ) -> AttemptRecord:
+        """An exception that is not the provider's: recorded, then re-raised unchanged."""
+        return cls(
+            number=number,
+            provider=route.provider,
+            model=route.model,
+            started_at=began_at,
+            slept_before=slept,
+            latency=latency,
+            outcome="error",
+            error_type=type(exc).__name__,
+            message=str(exc)[:500],
+        )
+
+    def row(self) -> dict[str, Any]:
+        """The attempt as a store row (times in milliseconds)."""
+        return {
+            "number": self.number,
+            "provider": self.provider,
+            "model": self.model,
+            "started_at": self.started_at,
+            "slept_before_ms": self.slept_before * 1000,
+            "latency_ms": self.latency * 1000,
+            "status_code": self.status_code,
+            "error_type": self.error_type,
+            "error_code": self.error_code,
+            "request_id": self.request_id,
+            "outcome": self.outcome,
+            "message": self.message,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
 
 @dataclass(frozen=True)
 class StepInfo:

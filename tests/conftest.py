@@ -43,8 +43,9 @@ def fake() -> Iterator[FakeProvider]:
         yield server
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own AGENTGUARD_HOME: nothing is written to the real data folder."""
     path = tmp_path / "agentguard-home"
     monkeypatch.setenv("AGENTGUARD_HOME", str(path))
     return path

@@ -395,6 +395,20 @@ def test_restore_never_writes_over_files_that_are_ignored_now(plain: Path, store
     assert not any(c.path == "cache.tmp" for c in result.changes)
 
 
+def test_a_new_info_exclude_entry_is_honoured_at_the_next_snapshot(
+    user_repo: Path, store: Path
+) -> None:
+    shadow = ShadowRepo(user_repo, store)
+    first = shadow.snapshot()
+    assert "notes.txt" in shadow.files(first.commit)
+
+    with (user_repo / ".git" / "info" / "exclude").open("a") as fh:
+        fh.write("notes.txt\n")
+    second = shadow.snapshot()
+    assert "notes.txt" not in shadow.files(second.commit)
+    assert second.changed == 1
+
+
 def test_type_changes_are_snapshotted_and_restored(plain: Path, store: Path) -> None:
     shadow = ShadowRepo(plain, store)
     first = shadow.snapshot()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentguard.errors import StoreError
+from agentguard.migrations import KNOWN
 from agentguard.store import DB_NAME, Store
 
 
@@ -23,7 +24,8 @@ def test_a_new_store_is_private_wal_and_migrated(tmp_path: Path) -> None:
     assert {"runs", "steps", "attempts", "messages", "events", "blobs", "snapshots"} <= tables
     store.close()
     again = Store.open(tmp_path / "home")  # reopening applies nothing twice
-    assert len(again.query("select * from _sqlite_migrations")) == 1
+    applied = [row["name"] for row in again.query("select name from _sqlite_migrations")]
+    assert applied == KNOWN
 
 
 def test_agentguard_home_env_var_is_honoured(tmp_path: Path, monkeypatch) -> None:

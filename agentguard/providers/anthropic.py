@@ -52,6 +52,7 @@ def served_message(message: Message, value: Any, request_id: str | None) -> Serv
         output_tokens=getattr(usage, "output_tokens", None),
         stop_reason=message.stop_reason,
         response_json=message.to_json(indent=None),
+        native=message.model_dump(mode="json", exclude_none=True),
     )
 
 
