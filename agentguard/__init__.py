@@ -9,6 +9,8 @@ from agentguard.errors import (
     ConfigError,
     ProjectError,
     RetriesExhausted,
+    RunBusy,
+    RunNotFound,
     RunQueued,
     SnapshotError,
     StepFailed,
@@ -17,6 +19,7 @@ from agentguard.errors import (
 from agentguard.guard import Guard
 from agentguard.policy import PRESETS, Policy, resolve_policy
 from agentguard.records import AttemptRecord, StepInfo, info
+from agentguard.resume import ResumedRun, resume
 from agentguard.routes import Route
 from agentguard.store import Store
 from agentguard.wrap import wrap
@@ -33,8 +36,11 @@ __all__ = [
     "Guard",
     "Policy",
     "ProjectError",
+    "ResumedRun",
     "RetriesExhausted",
     "Route",
+    "RunBusy",
+    "RunNotFound",
     "RunQueued",
     "SnapshotError",
     "StepFailed",
@@ -45,5 +51,6 @@ __all__ = [
     "__version__",
     "info",
     "resolve_policy",
+    "resume",
     "wrap",
 ]

@@ -6,6 +6,8 @@ Every message is one sentence a person can act on: what went wrong and what to d
     ├── ConfigError            invalid policy, preset, route or config file
     ├── ProjectError           the project folder is missing or unusable
     ├── StoreError             AGENTGUARD_HOME unwritable, database corrupt or from a newer version
+    │   ├── RunNotFound        no run with that id in the store
+    │   └── RunBusy            the run is still running in another live process
     ├── SnapshotError          the shadow git store failed or lacks a commit
     └── StepFailed             a guarded step could not be served
         ├── RetriesExhausted   every allowed attempt failed with a retryable error
@@ -39,6 +41,14 @@ class ProjectError(AgentGuardError):
 
 class StoreError(AgentGuardError):
     """The SQLite store cannot be opened or written."""
+
+
+class RunNotFound(StoreError, LookupError):
+    """No run with that id in the store."""
+
+
+class RunBusy(StoreError):
+    """The run is still running in another live process."""
 
 
 class SnapshotError(AgentGuardError):

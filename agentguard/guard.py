@@ -9,6 +9,7 @@ and hands back the caller's own SDK object, annotated with the truth.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import random
@@ -26,12 +27,13 @@ from agentguard.budget import BudgetSettings, RetryBudget
 from agentguard.classify import RETRYABLE, Action, Decision, Failure, Kind, decide, describe
 from agentguard.clock import Clock, SystemClock
 from agentguard.conversation import Head, delta, request_blob
-from agentguard.errors import ProjectError, RetriesExhausted, RunQueued
+from agentguard.errors import ProjectError, RetriesExhausted, RunBusy, RunNotFound, RunQueued
 from agentguard.home import project_key
 from agentguard.plan import Action as PlanAction
 from agentguard.plan import Call, Join, Sleep, StepPlan
 from agentguard.policy import Policy, resolve_policy
 from agentguard.records import AttemptRecord, StepInfo, attach
+from agentguard.resume import mark_interrupted
 from agentguard.routes import Route
 from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES, ShadowRepo, Snapshot
 from agentguard.store import Store, dumps
@@ -94,6 +96,7 @@ class _StepState:
     snapshot: Future[Snapshot] | None = None
     checkpoint: str | None = None
     slept: float = 0.0  # the delay slept before the next attempt
+    attempt_row: int = 0  # the store row of the attempt in flight
 
     def time_left(self, policy: Policy, clock: Clock) -> float:
         return policy.step_deadline - (clock.monotonic() - self.started_mono)
@@ -118,14 +121,18 @@ class Guard:
         breaker: BreakerSettings | None = None,
         budget: BudgetSettings | None = None,
         store: Store | None = None,
+        resume: str | None = None,
     ) -> None:
         self.project = project_folder(project)
+        self.store = store or Store.open(home)
+        previous = self._previous_run(resume) if resume else None
+        if policy is None and previous is not None and previous["policy"]:
+            policy = json.loads(previous["policy"])
         self.policy = resolve_policy(policy)
         self.chain = list(chain)
         self.on_substitution = on_substitution
         self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
-        self.store = store or Store.open(home)
         self.breaker = Breaker(self.store, self.clock, breaker)
         self.budget = RetryBudget(self.store, self.clock, budget)
         self.shadow = (
@@ -137,28 +144,70 @@ class Guard:
             if snapshots
             else None
         )
-        self.run_id = uuid.uuid4().hex[:12]
-        self.name = run or self.project.name
         self._head = Head()
-        self._steps = 0
         self._last_status = "running"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentguard-git")
         now = self.clock.now()
-        self.store.insert_run(
-            {
-                "id": self.run_id,
-                "name": self.name,
-                "project": str(self.project),
-                "status": "running",
-                "policy": self.policy.model_dump_json(),
-                "created_at": now,
-                "updated_at": now,
-                "pid": os.getpid(),
-                "hostname": socket.gethostname(),
-            }
-        )
+        alive = {
+            "status": "running",
+            "updated_at": now,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+        }
+        if previous is not None:
+            self.run_id, self.name = previous["id"], previous["name"]
+            self._head = self._head_of(previous["id"])
+            self.store.update_run(
+                self.run_id,
+                **alive,
+                project=str(self.project),
+                policy=self.policy.model_dump_json(),
+                ended_at=None,
+                next_attempt_at=None,
+            )
+            self.event(None, "resumed", previous_status=previous["status"], pid=os.getpid())
+        else:
+            self.run_id = uuid.uuid4().hex[:12]
+            self.name = run or self.project.name
+            self.store.insert_run(
+                {
+                    "id": self.run_id,
+                    "name": self.name,
+                    "project": str(self.project),
+                    "policy": self.policy.model_dump_json(),
+                    "created_at": now,
+                    **alive,
+                }
+            )
         self._closed = False
         atexit.register(self._at_exit)
+
+    def _previous_run(self, run_id: str) -> dict[str, Any]:
+        row = self.store.get_run(run_id)
+        if row is None:
+            raise RunNotFound(
+                f"No run {run_id!r} in {self.store.path}; list the runs with `agentguard runs`."
+            )
+        mark_interrupted(self.store)
+        row = self.store.get_run(run_id) or row
+        if row["status"] == "running" and row["pid"] != os.getpid():
+            raise RunBusy(
+                f"Run {run_id} is still running in process {row['pid']} on {row['hostname']}; "
+                "stop that process before resuming the run."
+            )
+        return row
+
+    def _head_of(self, run_id: str) -> Head:
+        """The conversation of a run's last step: new steps store only what they add to it."""
+        steps = self.store.query(
+            "select id from steps where run_id = ? order by number desc limit 1", [run_id]
+        )
+        if not steps:
+            return Head()
+        rows = self.store.conversation_rows(steps[0]["id"])
+        return Head(
+            step_id=steps[0]["id"], objects=[None] * len(rows), shas=[row["sha"] for row in rows]
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -205,14 +254,11 @@ class Guard:
         """Store the conversation's new messages and start the working-tree snapshot."""
         started = self.clock.now()
         started_mono = self.clock.monotonic()
-        self._steps += 1
-        number = self._steps
         conv = delta(self._head, request.messages)
         blob = request_blob(request.params)
-        step_id = self.store.begin_step(
+        step_id, number = self.store.begin_step(
             {
                 "run_id": self.run_id,
-                "number": number,
                 "parent_id": self._head.step_id,
                 "base_len": conv.base_len,
                 "total_len": len(conv.objects),
@@ -291,6 +337,7 @@ class Guard:
             self.budget.note(route.key, retry=tries > 1)
             number = len(state.attempts) + 1
             began_at, began = self.clock.now(), self.clock.monotonic()
+            state.attempt_row = self._open_attempt(state, route, number, began_at)
             ok, result = yield Call(route, number)
             latency = self.clock.monotonic() - began
             if ok:
@@ -458,16 +505,25 @@ class Guard:
     def event(self, step_id: int | None, kind: str, **detail: Any) -> None:
         self.store.insert_event(self.run_id, kind, detail, at=self.clock.now(), step_id=step_id)
 
-    def _record(self, state: _StepState, route: Route, record: AttemptRecord) -> None:
-        state.attempts.append(record)
-        self.store.insert_attempt(
+    def _open_attempt(self, state: _StepState, route: Route, number: int, began_at: float) -> int:
+        """Write the attempt before it is sent: a crash mid-call still leaves its trace."""
+        return self.store.insert_attempt(
             {
                 "run_id": self.run_id,
                 "step_id": state.step_id,
+                "number": number,
+                "provider": route.provider,
+                "model": route.model,
                 "base_url": route.base_url,
-                **record.row(),
+                "started_at": began_at,
+                "slept_before_ms": state.slept * 1000,
+                "outcome": "pending",
             }
         )
+
+    def _record(self, state: _StepState, route: Route, record: AttemptRecord) -> None:
+        state.attempts.append(record)
+        self.store.update_attempt(state.attempt_row, record.row())
 
     def _finish(
         self, state: _StepState, served: Served, route: Route, failed: list[RouteFailure]

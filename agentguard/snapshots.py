@@ -263,6 +263,10 @@ class ShadowRepo:
     def has_commit(self, commit: str) -> bool:
         return self._lookup(commit) is not None
 
+    def resolve_ref(self, ref: str) -> str | None:
+        """The commit a shadow ref points at (e.g. a step's checkpoint), or None."""
+        return self._lookup(ref) if ref.startswith("refs/") else None
+
     def files(self, commit: str) -> list[str]:
         """Paths held by a snapshot (posix, relative to the project)."""
         sha = self._resolve(commit)

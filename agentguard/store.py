@@ -129,9 +129,16 @@ class Store:
         step: dict[str, Any],
         messages: Sequence[dict[str, Any]],
         blob: tuple[str, str] | None,
-    ) -> int:
-        """Write a step and only its new messages in one transaction; returns the step id."""
+    ) -> tuple[int, int]:
+        """Write a step and only its new messages in one transaction → (step id, step number).
+
+        The number is taken inside the transaction, so two processes continuing the same run
+        can never write the same step twice."""
         with self.write() as db:
+            (number,) = db.conn.execute(
+                "select coalesce(max(number), 0) + 1 from steps where run_id = ?", [step["run_id"]]
+            ).fetchone()
+            step = {**step, "number": number}
             if blob is not None:
                 db.conn.execute("insert or ignore into blobs (sha, body) values (?, ?)", blob)
             cursor = db.conn.execute(
@@ -148,7 +155,7 @@ class Store:
                         for m in messages
                     ],
                 )
-            return step_id
+            return step_id, number
 
     def update_step(self, step_id: int, **fields: Any) -> None:
         with self.write() as db:
@@ -163,6 +170,10 @@ class Store:
 
     def conversation(self, step_id: int) -> list[dict[str, Any]]:
         """Rebuild a step's whole conversation from its own messages and its parents'."""
+        return [json.loads(row["content"]) for row in self.conversation_rows(step_id)]
+
+    def conversation_rows(self, step_id: int) -> list[dict[str, Any]]:
+        """A step's conversation as stored rows (content JSON and sha), oldest first."""
         chain: list[dict[str, Any]] = []
         current: int | None = step_id
         while current is not None:
@@ -174,10 +185,12 @@ class Store:
         messages: list[dict[str, Any]] = []
         for row in reversed(chain):
             del messages[row["base_len"] :]
-            own = self.query(
-                "select content from messages where step_id = ? order by position", [row["id"]]
+            messages.extend(
+                self.query(
+                    "select content, sha from messages where step_id = ? order by position",
+                    [row["id"]],
+                )
             )
-            messages.extend(json.loads(m["content"]) for m in own)
         return messages
 
     def blob(self, sha: str) -> Any:
@@ -189,6 +202,10 @@ class Store:
     def insert_attempt(self, row: dict[str, Any]) -> int:
         with self.write() as db:
             return int(db["attempts"].insert(row).last_pk)
+
+    def update_attempt(self, attempt_id: int, fields: dict[str, Any]) -> None:
+        with self.write() as db:
+            db["attempts"].update(attempt_id, fields)
 
     def attempts(self, step_id: int) -> list[dict[str, Any]]:
         return self.query("select * from attempts where step_id = ? order by number", [step_id])

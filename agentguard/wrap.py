@@ -42,13 +42,15 @@ def wrap(
     max_file_bytes: int | None = None,
     breaker: BreakerSettings | None = None,
     budget: BudgetSettings | None = None,
+    resume: str | None = None,
 ) -> Any:
     """Guard every model call of an Anthropic or OpenAI client (sync or async).
 
     Returns an object with the client's own surface; each model call checkpoints the
     conversation and working tree, retries overload with bounded jittered backoff (the SDK's
     own retries are switched off), falls back along `chain` as the policy allows, and records
-    every attempt in the store.
+    every attempt in the store. `resume=RUN_ID` records into an existing run instead of a new
+    one (see `agentguard.resume`).
     """
     if not isinstance(client, Anthropic | AsyncAnthropic | OpenAI | AsyncOpenAI):
         raise ConfigError(
@@ -74,6 +76,7 @@ def wrap(
         max_file_bytes=_first(max_file_bytes, settings.max_file_bytes, DEFAULT_MAX_FILE_BYTES),
         breaker=breaker,
         budget=budget,
+        resume=resume,
     )
     if dispatcher.kind == "anthropic":
         cls: type[_GuardedClient] = (

@@ -1,0 +1,209 @@
+"""Resume a run after overload or a crash: the conversation and the tree of one checkpoint.
+
+The pair must be consistent. A step row and its new messages are written in one transaction
+before its model call; its tree snapshot finishes later. So the run resumes from its last step
+whose snapshot exists (recorded in the store, or found by its ref in the shadow store when the
+process died before recording it), with that step's conversation — plus the step's recorded
+response when it has one, so a response that was paid for is never requested again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentguard.errors import ProjectError, RunNotFound, SnapshotError
+from agentguard.home import project_key
+from agentguard.snapshots import RestoreResult, ShadowRepo
+from agentguard.store import Store
+
+
+@dataclass
+class ResumedRun:
+    """Everything an agent loop needs to go on from where the run stopped."""
+
+    run_id: str
+    name: str
+    project: Path
+    status: str  # the run's status before resuming
+    provider: str
+    model: str
+    messages: list[dict[str, Any]]  # the conversation to continue from
+    params: dict[str, Any]  # system, tools, max_tokens … as the last step sent them
+    step: int  # the step the run resumes from
+    checkpoint: str | None  # its working-tree snapshot
+    response: dict[str, Any] | None  # its recorded response, already in `messages`
+    restored: RestoreResult | None = None
+    home: Path | None = field(default=None, repr=False)
+
+    @property
+    def system(self) -> Any:
+        return self.params.get("system")
+
+    @property
+    def tools(self) -> list[Any]:
+        return list(self.params.get("tools") or [])
+
+    @property
+    def pending_tool_calls(self) -> list[dict[str, Any]]:
+        """tool_use blocks of the recorded response: run them, then send their results."""
+        if self.response is None:
+            return []
+        return [b for b in self.response.get("content") or [] if b.get("type") == "tool_use"]
+
+    def request(self) -> dict[str, Any]:
+        """Keyword arguments for the next `messages.create` call."""
+        return {**self.params, "model": self.model, "messages": self.messages}
+
+    def wrap(self, client: Any, **options: Any) -> Any:
+        """A guarded client that records into this same run (same id, steps continue)."""
+        from agentguard.wrap import wrap
+
+        options.setdefault("project", self.project)
+        if self.home is not None:
+            options.setdefault("home", self.home)
+        return wrap(client, resume=self.run_id, **options)
+
+
+def resume(
+    run_id: str,
+    *,
+    home: str | os.PathLike[str] | None = None,
+    project: str | os.PathLike[str] | None = None,
+    restore: bool = True,
+    store: Store | None = None,
+) -> ResumedRun:
+    """Bring back a run's last consistent (conversation, tree) pair.
+
+    The working tree is restored to that checkpoint (after snapshotting the current tree, so
+    the restore can be undone); `restore=False` leaves the tree alone.
+    """
+    store = store or Store.open(home)
+    run = store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(
+            f"No run {run_id!r} in {store.path}; list the runs with `agentguard runs`."
+        )
+    folder = Path(project) if project is not None else Path(run["project"])
+    if not folder.is_dir():
+        raise ProjectError(
+            f"Run {run_id}'s project folder {folder} no longer exists; move it back, or resume "
+            "it in its new place with --project / project=..."
+        )
+    steps = store.steps(run_id)
+    if not steps:
+        raise RunNotFound(f"Run {run_id} has no steps yet, so there is nothing to resume.")
+    shadow = ShadowRepo(folder, store.home / "shadow" / project_key(Path(run["project"])))
+    step, checkpoint = _last_consistent(steps, run_id, shadow)
+    messages = store.conversation(step["id"])
+    response = _recorded_response(step)
+    if response is not None:
+        messages.append(_assistant_message(step["requested_provider"], response))
+    restored = None
+    if restore and checkpoint is not None:
+        if not shadow.has_commit(checkpoint):
+            raise SnapshotError(
+                f"The checkpoint {checkpoint[:12]} of run {run_id} step {step['number']} is "
+                "missing from the shadow store (pruned by gc?); resume with --no-restore to "
+                "keep the working tree as it is."
+            )
+        restored = shadow.restore(checkpoint)
+    store.insert_event(
+        run_id,
+        "resume_prepared",
+        {
+            "step": step["number"],
+            "checkpoint": checkpoint,
+            "restored": bool(restored),
+            "backup": restored.backup.commit if restored else None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        },
+        at=time.time(),
+        step_id=step["id"],
+    )
+    return ResumedRun(
+        run_id=run_id,
+        name=run["name"],
+        project=folder.resolve(),
+        status=run["status"],
+        provider=step["requested_provider"],
+        model=step["requested_model"],
+        messages=messages,
+        params=store.blob(step["request"]) or {},
+        step=step["number"],
+        checkpoint=checkpoint,
+        response=response,
+        restored=restored,
+        home=store.home,
+    )
+
+
+def _last_consistent(
+    steps: list[dict[str, Any]], run_id: str, shadow: ShadowRepo
+) -> tuple[dict[str, Any], str | None]:
+    """The newest step with a tree snapshot; a run without any snapshots resumes its last step."""
+    for step in reversed(steps):
+        checkpoint = step["checkpoint"] or _snapshot_ref(shadow, run_id, step["number"])
+        if checkpoint:
+            return step, checkpoint
+    return steps[-1], None
+
+
+def _snapshot_ref(shadow: ShadowRepo, run_id: str, number: int) -> str | None:
+    """A snapshot that finished after its process died, before the store heard of it."""
+    return shadow.resolve_ref(f"refs/agentguard/runs/{run_id}/steps/{number}")
+
+
+def _recorded_response(step: dict[str, Any]) -> dict[str, Any] | None:
+    if step["status"] != "ok" or not step["response"]:
+        return None
+    return json.loads(step["response"])
+
+
+def _assistant_message(provider: str, response: dict[str, Any]) -> dict[str, Any]:
+    """The recorded response as the next message of the conversation, in the caller's format."""
+    if "choices" in response:  # an OpenAI caller
+        message = dict(response["choices"][0]["message"])
+        return {k: v for k, v in message.items() if v is not None}
+    return {"role": "assistant", "content": response.get("content") or []}
+
+
+def due_runs(store: Store, now: float | None = None) -> list[dict[str, Any]]:
+    """Queued (`waiting`) runs whose next attempt time has come."""
+    moment = time.time() if now is None else now
+    return store.query(
+        "select * from runs where status = 'waiting' and coalesce(next_attempt_at, 0) <= ? "
+        "order by next_attempt_at",
+        [moment],
+    )
+
+
+def mark_interrupted(store: Store) -> list[str]:
+    """Runs still `running` whose process on this machine is gone become `interrupted`."""
+    host = socket.gethostname()
+    gone = [
+        row["id"]
+        for row in store.query(
+            "select id, pid from runs where status = 'running' and hostname = ?", [host]
+        )
+        if row["pid"] and not _alive(row["pid"])
+    ]
+    for run_id in gone:
+        store.update_run(run_id, status="interrupted")
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

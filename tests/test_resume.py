@@ -1,0 +1,194 @@
+"""Resume: the last consistent (conversation, tree) pair, and the same run going on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anthropic
+import pytest
+
+import agentguard
+from agentguard.resume import due_runs, mark_interrupted
+from agentguard.store import Store
+from agentguard.testing import ToolCall, Turn, overloaded
+from tests.conftest import API_KEY, user
+
+MODEL = "claude-opus-4-7"
+TOOLS = [{"name": "write_file", "description": "write", "input_schema": {"type": "object"}}]
+
+
+def writer_model(request):
+    """Asks to write step-K.txt until it has seen three tool results."""
+    done = json.dumps(request.body).count("tool_result")
+    if done >= 3:
+        return Turn(text="all done")
+    return Turn(text="", tool_calls=[ToolCall("write_file", {"path": f"step-{done}.txt"})])
+
+
+def agent_loop(client, project: Path, messages: list, steps: int) -> list:
+    """A small tool loop: the model asks for a file, the agent writes it and answers."""
+    for _ in range(steps):
+        reply = client.messages.create(
+            model=MODEL, max_tokens=64, system="be brief", tools=TOOLS, messages=messages
+        )
+        messages = [*messages, {"role": "assistant", "content": reply.content}]
+        calls = [b for b in reply.content if b.type == "tool_use"]
+        if not calls:
+            break
+        results = []
+        for call in calls:
+            (project / call.input["path"]).write_text(f"written by {call.id}\n")
+            results.append({"type": "tool_result", "tool_use_id": call.id, "content": "ok"})
+        messages = [*messages, {"role": "user", "content": results}]
+    return messages
+
+
+def test_resume_brings_back_the_last_step_and_its_tree(fake, guarded, project, home):
+    fake.set_model(writer_model)
+    client = guarded()
+    agent_loop(client, project, [user("write three files")], steps=2)
+    run_id = client.run_id
+    client.agentguard.close(status="interrupted")
+    (project / "app.py").write_text("broken by a half-finished tool call\n")
+
+    run = agentguard.resume(run_id)
+    assert (run.run_id, run.step, run.model, run.status) == (run_id, 2, MODEL, "interrupted")
+    # step 2's conversation plus its recorded response: the response is not asked for again
+    assert len(run.messages) == 4 and run.messages[-1]["role"] == "assistant"
+    assert run.pending_tool_calls[0]["input"] == {"path": "step-1.txt"}
+    assert run.system == "be brief" and run.tools[0]["name"] == "write_file"
+    # the tree is back at step 2's checkpoint: step-0.txt existed, step-1.txt did not yet
+    assert (project / "app.py").read_text() == "def add(a, b):\n    return a - b\n"
+    assert (project / "step-0.txt").exists() and not (project / "step-1.txt").exists()
+    # ... and what was there is kept, so the restore can be undone
+    shadow = Store.open(home).home / "shadow"
+    assert run.restored is not None and run.restored.backup.commit
+    assert any(shadow.rglob("*"))
+
+
+def test_a_resumed_run_keeps_its_id_and_continues_its_steps(fake, project, home, clock):
+    fake.set_model(writer_model)
+    first = agentguard.wrap(
+        anthropic.Anthropic(base_url=fake.base_url, api_key=API_KEY), project=project, clock=clock
+    )
+    agent_loop(first, project, [user("write three files")], steps=2)
+    first.agentguard.close(status="interrupted")
+
+    run = agentguard.resume(first.run_id)
+    client = run.wrap(anthropic.Anthropic(base_url=fake.base_url, api_key=API_KEY), clock=clock)
+    assert client.run_id == first.run_id
+    before = len(fake.requests)
+    messages = list(run.messages)
+    for call in run.pending_tool_calls:  # run the tools of the recorded response
+        (project / call["input"]["path"]).write_text("resumed\n")
+        messages.append(
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "ok"}],
+            }
+        )
+    agent_loop(client, project, messages, steps=3)
+    client.agentguard.close()
+
+    store = Store.open(home)
+    steps = store.steps(first.run_id)
+    assert [s["number"] for s in steps] == [1, 2, 3, 4]
+    assert len(fake.requests) - before == 2  # step 2's response was not sent again
+    assert steps[2]["parent_id"] == steps[1]["id"]
+    assert (steps[2]["base_len"], steps[2]["total_len"]) == (3, 5)  # only 2 new messages
+    assert store.get_run(first.run_id)["status"] == "completed"
+    kinds = [e["kind"] for e in store.events(first.run_id)]
+    assert "resume_prepared" in kinds and "resumed" in kinds
+    assert (project / "step-2.txt").exists()
+
+
+def test_a_failed_step_is_resumed_to_be_sent_again(fake, guarded, project):
+    fake.script(*[overloaded() for _ in range(4)])
+    client = guarded()
+    with pytest.raises(agentguard.RetriesExhausted):
+        client.messages.create(model=MODEL, max_tokens=8, messages=[user("hello")])
+    run = agentguard.resume(client.run_id)
+    assert run.response is None and run.messages == [user("hello")]
+    assert run.request()["model"] == MODEL and run.status == "failed"
+
+
+def test_a_checkpoint_the_store_never_heard_of_is_found_by_its_ref(fake, guarded, home, project):
+    client = guarded()
+    msg = client.messages.create(model=MODEL, max_tokens=8, messages=[user("hello")])
+    checkpoint = agentguard.info(msg).checkpoint
+    store = Store.open(home)
+    step_id = agentguard.info(msg).step_id
+    store.update_step(step_id, checkpoint=None, status="pending", response=None)
+    run = agentguard.resume(client.run_id)
+    assert run.checkpoint == checkpoint and run.response is None
+
+
+def test_restore_false_leaves_the_tree_alone(fake, guarded, project):
+    client = guarded()
+    client.messages.create(model=MODEL, max_tokens=8, messages=[user("hello")])
+    (project / "app.py").write_text("mine\n")
+    run = agentguard.resume(client.run_id, restore=False)
+    assert run.restored is None and (project / "app.py").read_text() == "mine\n"
+
+
+def test_bad_input_is_one_sentence_and_deletes_nothing(fake, guarded, project, home, tmp_path):
+    with pytest.raises(agentguard.RunNotFound, match=r"No run 'nope'.*agentguard runs"):
+        agentguard.resume("nope")
+
+    client = guarded()
+    client.messages.create(model=MODEL, max_tokens=8, messages=[user("hello")])
+    client.agentguard.close()
+    store = Store.open(home)
+    step = store.steps(client.run_id)[0]
+    store.update_step(step["id"], checkpoint="0" * 40)
+    with pytest.raises(
+        agentguard.SnapshotError, match=r"missing from the shadow store.*--no-restore"
+    ):
+        agentguard.resume(client.run_id)
+
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    with pytest.raises(agentguard.ProjectError, match=r"no longer exists; move it back"):
+        agentguard.resume(client.run_id)
+    assert (moved / "app.py").exists()
+    run = agentguard.resume(client.run_id, project=moved, restore=False)
+    assert run.project == moved.resolve()
+
+
+def test_waiting_runs_are_due_when_their_time_comes(fake, guarded, home, clock):
+    fake.script(*[overloaded() for _ in range(10)])
+    client = guarded(policy="high_stakes")
+    with pytest.raises(agentguard.RunQueued) as queued:
+        client.messages.create(model=MODEL, max_tokens=8, messages=[user("hello")])
+    store = Store.open(home)
+    when = queued.value.next_attempt_at.timestamp()
+    assert due_runs(store, now=when - 1) == []
+    assert [r["id"] for r in due_runs(store, now=when + 1)] == [client.run_id]
+
+
+def test_a_run_whose_process_died_is_marked_interrupted(home, project):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    guard = agentguard.Guard(project, snapshots=False)
+    store = guard.store
+    store.update_run(guard.run_id, pid=int(dead.stdout))
+    assert mark_interrupted(store) == [guard.run_id]
+    assert store.get_run(guard.run_id)["status"] == "interrupted"
+    guard._closed = True  # its process "died": nothing may mark it completed
+
+
+def test_a_run_still_running_elsewhere_cannot_be_resumed(fake, home, project):
+    guard = agentguard.Guard(project, snapshots=False)
+    guard.store.update_run(guard.run_id, pid=os.getppid())  # a live process that is not us
+    with pytest.raises(agentguard.RunBusy, match="still running in process"):
+        agentguard.Guard(project, snapshots=False, resume=guard.run_id)
+    guard.close()
