@@ -170,3 +170,11 @@ def m002_breaker_and_budget(db: Database) -> None:
     )
     # Covering index: the budget's count reads only the index.
     db["route_traffic"].create_index(["route", "at", "retry"])
+
+
+@migration
+def m003_retention(db: Database) -> None:
+    # When gc removed a snapshot's commit from the shadow store (agentguard.retention), so that
+    # `show` can say "snapshot pruned by gc on <date>" instead of failing to find it.
+    if "pruned_at" not in db["snapshots"].columns_dict:
+        db["snapshots"].add_column("pruned_at", float)
