@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from agentguard.migrations import KNOWN, migrations
 DB_NAME = "agentguard.db"
 BUSY_TIMEOUT_S = 30.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+COMPRESS_FROM = 512  # bytes of JSON
 
 
 def dumps(value: Any) -> str:
@@ -151,7 +153,14 @@ class Store:
                     "insert into messages (run_id, step_id, position, role, content, sha) "
                     "values (?, ?, ?, ?, ?, ?)",
                     [
-                        (step["run_id"], step_id, m["position"], m["role"], m["content"], m["sha"])
+                        (
+                            step["run_id"],
+                            step_id,
+                            m["position"],
+                            m["role"],
+                            pack(m["content"]),
+                            m["sha"],
+                        )
                         for m in messages
                     ],
                 )
@@ -170,7 +179,7 @@ class Store:
 
     def conversation(self, step_id: int) -> list[dict[str, Any]]:
         """Rebuild a step's whole conversation from its own messages and its parents'."""
-        return [json.loads(row["content"]) for row in self.conversation_rows(step_id)]
+        return [json.loads(unpack(row["content"])) for row in self.conversation_rows(step_id)]
 
     def conversation_rows(self, step_id: int) -> list[dict[str, Any]]:
         """A step's conversation as stored rows (content JSON and sha), oldest first."""
@@ -230,6 +239,20 @@ class Store:
     def insert_snapshot(self, row: dict[str, Any]) -> None:
         with self.write() as db:
             db["snapshots"].insert(row, replace=True)
+
+
+def pack(text: str) -> str | bytes:
+    """A message's JSON as stored: large ones zlib-compressed (tool results are mostly text).
+
+    Keeps the database near the size of the raw messages; small messages stay readable JSON."""
+    if len(text) < COMPRESS_FROM:
+        return text
+    return zlib.compress(text.encode(), 6)
+
+
+def unpack(value: str | bytes) -> str:
+    """The JSON text of a stored message, whichever way it was stored."""
+    return zlib.decompress(value).decode() if isinstance(value, bytes) else value
 
 
 def _check_is_sqlite(path: Path) -> None:

@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agentguard.guard import Guard, Served, StepRequest
 from agentguard.plan import drive
 from agentguard.routes import Route
