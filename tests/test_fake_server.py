@@ -692,3 +692,20 @@ def test_the_async_clients_work_too(fake: FakeProvider) -> None:
     assert completion.choices[0].message.content == RICH.text
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == RICH.text
+
+
+def test_a_fault_rule_answers_when_nothing_is_scripted() -> None:
+    import anthropic
+
+    from agentguard.testing import FakeProvider, ok, overloaded
+
+    with FakeProvider() as fake:
+        fake.set_faults(lambda model: overloaded() if model == "down" else None)
+        fake.script(ok(), model="down")
+        client = anthropic.Anthropic(base_url=fake.base_url, api_key="k", max_retries=0)
+        ask = {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+        client.messages.create(model="down", **ask)  # the scripted reply comes first
+        with pytest.raises(anthropic.OverloadedError):
+            client.messages.create(model="down", **ask)
+        client.messages.create(model="up", **ask)
+        assert [r.reply for r in fake.requests] == ["ok", "error:529", "ok"]

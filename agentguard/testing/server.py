@@ -19,6 +19,7 @@ import json
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
 
@@ -59,6 +60,7 @@ class FakeProvider:
         self._host, self._port = host, port
         self._api_key = api_key  # opt-in: when set, any other key gets 401
         self._queue = ReplyQueue()
+        self._faults: Callable[[str | None], Reply | None] | None = None
         self._lock = threading.Lock()
         self._records: list[RecordedRequest] = []
         self._server: LoopbackServer | None = None
@@ -111,6 +113,11 @@ class FakeProvider:
     def set_model(self, model: ScriptedModel) -> None:
         """What answers ok() replies that carry no Turn of their own."""
         self._model = model
+
+    def set_faults(self, faults: Callable[[str | None], Reply | None] | None) -> None:
+        """A rule asked (with the request's model) when no scripted reply is queued: return a
+        Reply, or None for ok(). Benchmarks use it for faults that depend on time, not count."""
+        self._faults = faults
 
     @property
     def pending(self) -> int:
@@ -193,7 +200,10 @@ class FakeProvider:
             return error(400, "invalid_request_error", problem)
         if self._api_key is not None and self._api_key not in _presented_keys(headers):
             return error(401, "authentication_error", "invalid x-api-key")
-        return self._queue.next(model) or ok()
+        scripted = self._queue.next(model)
+        if scripted is None and self._faults is not None:
+            scripted = self._faults(model)
+        return scripted or ok()
 
 
 def _wire_for(path: str, headers: dict[str, str]) -> Wire:
