@@ -1,10 +1,10 @@
-# One command each: `make test` and (later) `make demo` do all the set-up they need.
+# One command each: `make test`, `make demo` and `make bench` do all the set-up they need.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint install clean
+.PHONY: test lint install clean demo bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/agentguard demo
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "some bench-only tools did not install; their rows will say so"
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,9 +1,14 @@
 """agentguard: keeps coding agents alive through LLM provider overload, never silently.
 
-The headless library: importing it never imports Textual.
+The headless library: importing it never imports Textual, and the SDK-facing parts (`wrap`,
+`Guard`, `resume` …) load on first use, so `agentguard --help` starts quickly.
 """
 
-from agentguard.clock import Clock, FakeClock, SystemClock
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from agentguard.errors import (
     AgentGuardError,
     ConfigError,
@@ -16,15 +21,50 @@ from agentguard.errors import (
     StepFailed,
     StoreError,
 )
-from agentguard.guard import Guard
-from agentguard.policy import PRESETS, Policy, resolve_policy
-from agentguard.records import AttemptRecord, StepInfo, info
-from agentguard.resume import ResumedRun, resume
-from agentguard.routes import Route
-from agentguard.store import Store
-from agentguard.wrap import wrap
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "wrap": "agentguard.wrapping",
+    "Guard": "agentguard.guard",
+    "resume": "agentguard.resuming",
+    "ResumedRun": "agentguard.resuming",
+    "info": "agentguard.records",
+    "StepInfo": "agentguard.records",
+    "AttemptRecord": "agentguard.records",
+    "Policy": "agentguard.policy",
+    "PRESETS": "agentguard.policy",
+    "resolve_policy": "agentguard.policy",
+    "Route": "agentguard.routes",
+    "Store": "agentguard.store",
+    "Clock": "agentguard.clock",
+    "FakeClock": "agentguard.clock",
+    "SystemClock": "agentguard.clock",
+}
+
+if TYPE_CHECKING:
+    from agentguard.clock import Clock, FakeClock, SystemClock
+    from agentguard.guard import Guard
+    from agentguard.policy import PRESETS, Policy, resolve_policy
+    from agentguard.records import AttemptRecord, StepInfo, info
+    from agentguard.resuming import ResumedRun, resume
+    from agentguard.routes import Route
+    from agentguard.store import Store
+    from agentguard.wrapping import wrap
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentguard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "PRESETS",

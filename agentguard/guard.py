@@ -33,7 +33,7 @@ from agentguard.plan import Action as PlanAction
 from agentguard.plan import Call, Join, Sleep, StepPlan
 from agentguard.policy import Policy, resolve_policy
 from agentguard.records import AttemptRecord, StepInfo, attach
-from agentguard.resume import mark_interrupted
+from agentguard.resuming import mark_interrupted
 from agentguard.routes import Route
 from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES, ShadowRepo, Snapshot
 from agentguard.store import Store, dumps

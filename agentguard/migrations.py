@@ -178,3 +178,12 @@ def m003_retention(db: Database) -> None:
     # `show` can say "snapshot pruned by gc on <date>" instead of failing to find it.
     if "pruned_at" not in db["snapshots"].columns_dict:
         db["snapshots"].add_column("pruned_at", float)
+
+
+@migration
+def m004_tui_indexes(db: Database) -> None:
+    # `agentguard watch` and metrics read by time: the newest runs first, and the attempts and
+    # steps of a window (metrics.compute's `started_at between ? and ?`).
+    db["runs"].create_index(["created_at"], if_not_exists=True)
+    db["steps"].create_index(["started_at"], if_not_exists=True)
+    db["attempts"].create_index(["started_at"], if_not_exists=True)

@@ -623,15 +623,19 @@ class ShadowRepo:
         return sha
 
     def _ensure_store(self) -> None:
-        if (self._git_dir / "HEAD").exists():
+        # info/attributes is written last, so a store without it was never finished: a process
+        # killed mid-way must not leave one that later snapshots and restores would trust.
+        attributes = self._git_dir / "info" / "attributes"
+        if attributes.exists():
             return
         env = {k: v for k, v in self._env.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+        # (on a half-made repository, init fills in what is missing and keeps what is there)
         self._run(["init", "--quiet", "--bare", "--template=", str(self._git_dir)], env=env)
-        with (self._git_dir / "config").open("a", encoding="utf-8") as fh:
-            fh.write(_CONFIG)
-        info = self._git_dir / "info"
-        info.mkdir(exist_ok=True)
-        (info / "attributes").write_text(_ATTRIBUTES, encoding="utf-8")
+        config = self._git_dir / "config"
+        current = config.read_text(encoding="utf-8")
+        if "[agentguard]" not in current:
+            _write_atomic(config, (current + _CONFIG).encode())
+        _write_atomic(attributes, _ATTRIBUTES.encode())
 
     def _clear_stale_locks(self) -> None:
         # We hold the store's lock, so any git lock file left here is from a killed process.

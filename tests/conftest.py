@@ -79,7 +79,8 @@ def guarded(
         cls = AsyncAnthropic if asynchronous else Anthropic
         client = cls(base_url=fake.base_url, api_key=API_KEY, timeout=timeout)
         options.setdefault("rng", random.Random(42))
-        wrapped = agentguard.wrap(client, project=project, clock=clock, **options)
+        options.setdefault("clock", clock)
+        wrapped = agentguard.wrap(client, project=project, **options)
         made.append(wrapped)
         return wrapped
 

@@ -13,7 +13,7 @@ import anthropic
 import pytest
 
 import agentguard
-from agentguard.resume import due_runs, mark_interrupted
+from agentguard.resuming import due_runs, mark_interrupted
 from agentguard.store import Store
 from agentguard.testing import ToolCall, Turn, overloaded
 from tests.conftest import API_KEY, user

@@ -62,7 +62,7 @@ class ResumedRun:
 
     def wrap(self, client: Any, **options: Any) -> Any:
         """A guarded client that records into this same run (same id, steps continue)."""
-        from agentguard.wrap import wrap
+        from agentguard.wrapping import wrap
 
         options.setdefault("project", self.project)
         if self.home is not None:

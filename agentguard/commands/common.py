@@ -1,0 +1,358 @@
+"""What every `agentguard` command shares: the store, the run lookup, output and exit codes.
+
+Exit codes: 0 ok; 1 a requested action was attempted and failed (or was declined at the
+prompt); 2 usage errors and refusals made before anything changed (unknown run, project folder
+gone, damaged or newer database, a snapshot missing from the shadow store, no --yes without a
+terminal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from agentguard.errors import AgentGuardError, ProjectError, RunBusy, SnapshotError
+from agentguard.home import project_key
+from agentguard.resuming import mark_interrupted
+from agentguard.snapshots import ShadowRepo
+from agentguard.store import Store, dumps
+
+OK, FAILED, USAGE = 0, 1, 2
+
+STATUS_STYLE = {
+    "completed": "green",
+    "ok": "green",
+    "running": "cyan",
+    "pending": "cyan",
+    "waiting": "yellow",
+    "failed": "red",
+    "interrupted": "magenta",
+}
+
+
+class Refused(AgentGuardError):
+    """The command will not go ahead; nothing was changed (exit 2)."""
+
+    exit_code = USAGE
+
+
+class ActionFailed(AgentGuardError):
+    """The requested action was attempted and failed (exit 1)."""
+
+    exit_code = FAILED
+
+
+@contextmanager
+def acting() -> Iterator[None]:
+    """Around the one step that changes something: its failures exit 1, not 2."""
+    try:
+        yield
+    except AgentGuardError as exc:
+        if isinstance(exc, Refused | ActionFailed):
+            raise
+        raise ActionFailed(str(exc)) from exc
+
+
+def exit_code(exc: AgentGuardError) -> int:
+    return int(getattr(exc, "exit_code", USAGE))
+
+
+@dataclass
+class Context:
+    """One invocation: where the store is, how to print, and the store once opened."""
+
+    home: str | None
+    as_json: bool = False
+    out: Console = field(default_factory=lambda: make_console(sys.stdout))
+    err: Console = field(default_factory=lambda: make_console(sys.stderr))
+    _store: Store | None = None
+
+    def store(self) -> Store:
+        """The store, with runs whose process died already marked `interrupted`."""
+        if self._store is None:
+            self._store = Store.open(self.home)
+            mark_interrupted(self._store)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def print_json(self, doc: Any) -> None:
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def make_console(file: Any) -> Console:
+    """Plain text when not a terminal (no colour, 80 columns unless $COLUMNS says otherwise)."""
+    return Console(file=file, highlight=False, emoji=False, soft_wrap=False)
+
+
+# -- runs and their snapshots ----------------------------------------------------------------
+
+
+def find_run(store: Store, given: str) -> dict[str, Any]:
+    """A run by its id, or by an unambiguous prefix of it."""
+    run = store.get_run(given)
+    if run is not None:
+        return run
+    pattern = given.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = store.query(
+        "select id from runs where id like ? escape '\\' order by created_at desc limit 4",
+        [pattern],
+    )
+    if len(rows) == 1 and given:
+        found = store.get_run(rows[0]["id"])
+        assert found is not None
+        return found
+    if len(rows) > 1 and given:
+        shown = ", ".join(r["id"] for r in rows[:3])
+        raise Refused(
+            f"Run id {given!r} matches several runs ({shown}…); give more of the id, "
+            "as listed by `agentguard runs`."
+        )
+    raise Refused(f"No run {given!r} in {store.path}; list the runs with `agentguard runs`.")
+
+
+def check_not_busy(run: dict[str, Any], doing: str = "rewinding its working tree") -> None:
+    """Refuse to touch a run an agent is still driving in another live process."""
+    if run["status"] == "running" and run["pid"] and run["pid"] != os.getpid():
+        raise RunBusy(
+            f"Run {run['id']} is still running in process {run['pid']} on {run['hostname']}; "
+            f"stop that agent before {doing}."
+        )
+
+
+def shadow_dir(store: Store, run: dict[str, Any]) -> Path:
+    return store.home / "shadow" / project_key(Path(run["project"]))
+
+
+def open_shadow(store: Store, run: dict[str, Any], project: Path | None = None) -> ShadowRepo:
+    """The run's shadow store, refusing (without creating anything) when it cannot be used."""
+    folder = project if project is not None else Path(run["project"])
+    if not folder.is_dir():
+        raise ProjectError(
+            f"Run {run['id']}'s project folder {folder} no longer exists; move it back "
+            f"(or continue the run elsewhere with `agentguard resume {run['id']} --project DIR`)."
+        )
+    where = shadow_dir(store, run)
+    if not (where / "repo.git" / "HEAD").is_file():
+        raise Refused(
+            f"Run {run['id']} has no shadow store at {where}; it ran with snapshots off, "
+            "or its snapshots were removed, so there is no working tree to compare or restore."
+        )
+    return ShadowRepo(folder, where)
+
+
+def step_ref(run_id: str, number: int) -> str:
+    return f"refs/agentguard/runs/{run_id}/steps/{number}"
+
+
+def checkpoint_of(shadow: ShadowRepo, run_id: str, step: dict[str, Any]) -> str | None:
+    """A step's checkpoint: recorded in the store, or found by its ref (finished after a crash)."""
+    return step["checkpoint"] or shadow.resolve_ref(step_ref(run_id, step["number"]))
+
+
+def require_commit(
+    store: Store,
+    shadow: ShadowRepo,
+    commit: str,
+    what: str,
+    *,
+    hint: str = "pick another step or snapshot that still exists",
+) -> None:
+    """Refuse when the shadow store no longer holds `commit` (saying why when gc pruned it)."""
+    if shadow.has_commit(commit):
+        return
+    from agentguard.retention import pruned_message
+
+    rows = store.query(
+        "select pruned_at from snapshots where commit_sha = ? and pruned_at is not null", [commit]
+    )
+    why = f"{pruned_message(rows[0]['pruned_at'])}" if rows else "it may have been pruned"
+    raise SnapshotError(
+        f"{what} ({commit[:12]}) is missing from the shadow store {shadow.store_dir} ({why}); "
+        f"{hint}."
+    )
+
+
+def step_by_number(steps: list[dict[str, Any]], run_id: str, number: int) -> dict[str, Any]:
+    for step in steps:
+        if step["number"] == number:
+            return step
+    last = steps[-1]["number"] if steps else 0
+    have = f"steps 1–{last}" if last > 1 else ("step 1" if last else "no steps")
+    raise Refused(f"Run {run_id} has no step {number} (it has {have}); pick one of those.")
+
+
+def record_backup(
+    store: Store,
+    run: dict[str, Any],
+    snap: Any,
+    *,
+    step_id: int | None,
+    project: Path,
+    now: float,
+) -> None:
+    """Keep a backup findable (and owned by its run, so gc treats it like its checkpoints)."""
+    store.insert_snapshot(
+        {
+            "commit_sha": snap.commit,
+            "project": str(project),
+            "run_id": run["id"],
+            "step_id": step_id,
+            "kind": "backup",
+            "created_at": now,
+            "tree": snap.tree,
+            "changed": snap.changed,
+            "skipped": dumps([s.__dict__ for s in snap.skipped]),
+            "duration_ms": snap.duration_ms,
+        }
+    )
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def when(ts: float | None) -> str:
+    """A time for people: `2026-11-20 10:04:05 UTC`."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def age(ts: float | None, now: float) -> str:
+    """`3m ago`, `in 4m`, `just now`; dates for anything older than a month."""
+    if ts is None:
+        return "-"
+    delta = now - ts
+    seconds = abs(delta)
+    if seconds < 5:
+        return "just now"
+    if seconds >= 30 * 86_400:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            amount = f"{int(seconds // size)}{unit}"
+            break
+    return f"{amount} ago" if delta >= 0 else f"in {amount}"
+
+
+def ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1000:
+        return f"{value:.0f} ms"
+    return f"{value / 1000:.1f} s"
+
+
+def tokens(inp: int | None, out: int | None) -> str:
+    if inp is None and out is None:
+        return "-"
+    return f"{inp or 0:,}→{out or 0:,}"
+
+
+def short(sha: str | None) -> str:
+    return sha[:12] if sha else "-"
+
+
+def clip(text: str | None, width: int) -> str:
+    if not text:
+        return ""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def status_text(status: str | None) -> Text:
+    return Text(status or "-", style=STATUS_STYLE.get(status or "", ""))
+
+
+def plain(value: Any, style: str = "") -> Text:
+    """Data from the store as text, never as rich markup."""
+    return Text("" if value is None else str(value), style=style)
+
+
+def cut(value: Any, style: str = "") -> Text:
+    """A one-line table cell that a narrow terminal shortens with an ellipsis."""
+    text = " ".join(str(value).split()) if value is not None else ""
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
+
+def _longest_line(text: Text) -> int:
+    return max((Text(line).cell_len for line in text.plain.split("\n")), default=0)
+
+
+@dataclass(frozen=True)
+class Col:
+    """A table column: `flex` 0 is never shortened; others share what room is left by weight."""
+
+    header: str
+    flex: int = 0
+    min: int = 6
+    justify: Literal["left", "right"] = "left"
+    wrap: bool = False  # too narrow: wrap onto more lines (cells must be wrappable Text)
+
+
+def grid(cols: Sequence[Col], rows: Sequence[Sequence[Text]], width: int) -> Table:
+    """A table that fits `width`: fixed columns keep their width, flexible ones are cut with an
+    ellipsis or wrapped (rich alone would squeeze every column evenly at 80 columns)."""
+    natural = [
+        max([len(col.header), *(_longest_line(row[i]) for row in rows)])
+        for i, col in enumerate(cols)
+    ]
+    flex = [i for i, col in enumerate(cols) if col.flex]
+    widths = list(natural)
+    room = width - 2 * (len(cols) - 1) - sum(natural[i] for i in range(len(cols)) if i not in flex)
+    for i in flex:
+        widths[i] = min(natural[i], cols[i].min)
+        room -= widths[i]
+    while room > 0:
+        hungry = [i for i in flex if widths[i] < natural[i]]
+        if not hungry:
+            break
+        weight = sum(cols[i].flex for i in hungry)
+        given = 0
+        for i in hungry:
+            add = min(max(1, room * cols[i].flex // weight), natural[i] - widths[i], room - given)
+            widths[i] += add
+            given += add
+        if not given:
+            break
+        room -= given
+    # SIMPLE_HEAD draws a space between columns: with one space of padding, a gap of two.
+    out = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0))
+    for col, w in zip(cols, widths, strict=True):
+        out.add_column(
+            Text(col.header, no_wrap=True, overflow="ellipsis"),
+            width=w,
+            no_wrap=not col.wrap,
+            overflow="fold" if col.wrap else "ellipsis",
+            justify=col.justify,
+        )
+    for row in rows:
+        out.add_row(*row)
+    return out
+
+
+def help_formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)

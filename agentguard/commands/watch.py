@@ -1,0 +1,28 @@
+"""`agentguard watch`: the live TUI (Textual is imported only here, on demand)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agentguard.commands.common import Context
+
+NAME = "watch"
+SUMMARY = "Watch every run, attempt, retry and substitution live in a terminal UI."
+EPILOG = """\
+keys: enter open · esc back · d diff · r restore · m metrics · f follow · q quit
+
+examples:
+  agentguard watch
+  agentguard watch --db /path/to/agentguard.db
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, help="a store file (default: the one under --home)")
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    from agentguard.tui.watch import run as watch
+
+    return watch(db=args.db, home=ctx.home)

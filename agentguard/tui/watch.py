@@ -1,0 +1,69 @@
+"""Entry point of `agentguard watch [--db PATH]`. Imports Textual only when called."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from pathlib import Path
+
+from agentguard.errors import StoreError
+from agentguard.home import home_dir
+from agentguard.resuming import mark_interrupted
+from agentguard.store import DB_NAME, Store
+
+
+def database_path(db: str | os.PathLike[str] | None, home: str | os.PathLike[str] | None) -> Path:
+    return Path(db).expanduser() if db is not None else home_dir(home) / DB_NAME
+
+
+def prepare(path: Path, *, explicit: bool) -> None:
+    """Bring the store's schema up to date and mark runs whose process died as interrupted.
+
+    The default store is created if it does not exist yet (the view then waits for runs); a
+    file named with --db must exist."""
+    if explicit and not path.is_file():
+        raise StoreError(f"No agentguard database at {path}; check the path given to --db.")
+    store = Store(path)
+    try:
+        mark_interrupted(store)
+    finally:
+        store.close()
+
+
+def run(db: Path | None = None, *, home: str | os.PathLike[str] | None = None) -> int:
+    """Run the watch app until the user quits; 0 on a normal exit, 2 (the CLI's refusal code)
+    with one sentence when it cannot start."""
+    path = database_path(db, home)
+    try:
+        prepare(path, explicit=db is not None)
+    except StoreError as exc:
+        print(f"agentguard watch: {exc}", file=sys.stderr)
+        return 2
+    try:
+        from agentguard.tui.app import WatchApp
+    except ImportError as exc:  # the `tui` extra is not installed
+        print(
+            f"agentguard watch needs Textual ({exc}); "
+            "install it with: pip install 'agentguard[tui]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        app = WatchApp(path)
+    except StoreError as exc:
+        print(f"agentguard watch: {exc}", file=sys.stderr)
+        return 2
+    quiet_gc()
+    app.run()
+    return app.return_code or 0
+
+
+def quiet_gc() -> None:
+    """Keep the garbage collector's full passes short while the app runs.
+
+    Everything imported so far (the SDKs, Textual, Rich) lives as long as the process; freezing
+    it keeps a full collection from walking it each time, which otherwise stalls the event loop
+    for a fifth of a second now and then (benchmarks/tui_scale.py measures it)."""
+    gc.collect()
+    gc.freeze()
