@@ -175,6 +175,9 @@ def tenacity_client(base_url: str, *_: Any) -> Ask:
 
 
 def litellm_client(base_url: str, *_: Any) -> Ask:
+    import os
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # loopback only: no fetch
     import litellm
 
     router = litellm.Router(
