@@ -380,6 +380,7 @@ def zygote(warm_up_url: str | None = None) -> None:
     if warm_up_url:
         warm_up(warm_up_url)
     gc.collect()  # nothing left for a forked agent's collector to finalise (and close)
+    gc.freeze()  # and what is left is never scanned (nor copied on write) by one
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ, None)
     children: dict[int, tuple[int, str]] = {}  # pidfd -> (pid, job id)

@@ -89,7 +89,7 @@ def test_eight_processes_share_one_store_without_losing_a_row(
     fake, zygote = fleet
     home = tmp_path / "home"
     shared = make_project(tmp_path / "shared")
-    start_at = time.time() + 0.3  # every agent forked and ready before any begins
+    start_at = time.time() + 0.5  # every agent forked and ready before any begins
     jobs = []
     for agent in range(AGENTS):
         model = f"claude-fleet-{tmp_path.name}-{agent}"
