@@ -471,6 +471,20 @@ def test_a_queued_run_shows_its_next_attempt_time(story_db):
     run(scenario)
 
 
+def test_the_app_can_open_on_one_run_as_the_demo_does(story_db):
+    async def scenario():
+        app = make_app(story_db, open_run=WAITING)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, RunScreen), "the run screen")
+            screen = app.screen
+            await until(pilot, lambda: screen.detail is not None, "the run's steps")
+            assert banner(app, "#waiting-banner").startswith("⏸ queued")
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, RunScreen), "the runs list")
+
+    run(scenario)
+
+
 # -- diff and restore on real checkpoints ------------------------------------------------------
 
 

@@ -34,5 +34,5 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty():
         from agentguard.tui.watch import run as watch
 
-        watch(home=result.home)
+        watch(home=result.home, run_id=result.run_id)
     return OK if result.tests_pass else FAILED

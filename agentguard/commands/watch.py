@@ -20,9 +20,10 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, help="a store file (default: the one under --home)")
+    parser.add_argument("--run", metavar="RUN", help="open this run's view first")
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     from agentguard.tui.watch import run as watch
 
-    return watch(db=args.db, home=ctx.home)
+    return watch(db=args.db, home=ctx.home, run_id=args.run)

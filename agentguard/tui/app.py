@@ -75,8 +75,10 @@ class WatchApp(App[int]):
         metrics_interval: float = METRICS_INTERVAL_S,
         runs_limit: int = RUNS_LIMIT,
         follow: bool = False,
+        open_run: str | None = None,
     ) -> None:
         super().__init__()
+        self._open_first = open_run
         self.reader = StoreReader(db)
         self.clock = clock
         self.tz = tz
@@ -109,6 +111,8 @@ class WatchApp(App[int]):
 
     def on_mount(self) -> None:
         self._launch_poll()
+        if self._open_first is not None:  # e.g. the demo's run
+            self.open_run(self._open_first)
 
     def on_unmount(self) -> None:
         self.reader.close()

@@ -31,7 +31,12 @@ def prepare(path: Path, *, explicit: bool) -> None:
         store.close()
 
 
-def run(db: Path | None = None, *, home: str | os.PathLike[str] | None = None) -> int:
+def run(
+    db: Path | None = None,
+    *,
+    home: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+) -> int:
     """Run the watch app until the user quits; 0 on a normal exit, 2 (the CLI's refusal code)
     with one sentence when it cannot start."""
     path = database_path(db, home)
@@ -50,7 +55,7 @@ def run(db: Path | None = None, *, home: str | os.PathLike[str] | None = None) -
         )
         return 2
     try:
-        app = WatchApp(path)
+        app = WatchApp(path, open_run=run_id)
     except StoreError as exc:
         print(f"agentguard watch: {exc}", file=sys.stderr)
         return 2
