@@ -16,6 +16,8 @@ the fault, substituted steps, and seconds until steps are back on the primary af
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import shutil
 import statistics
@@ -99,7 +101,7 @@ def agentguard_client(base_url: str, home: Path, project: Path) -> Ask:
         project=project,
         home=home,
         chain=[f"anthropic:{PRIMARY}", f"anthropic:{FALLBACK}"],
-        policy="coding_agent",
+        policy=_policy(),
         snapshots=False,
     )
 
@@ -108,6 +110,12 @@ def agentguard_client(base_url: str, home: Path, project: Path) -> Ask:
         return agentguard.info(msg).served_model
 
     return ask
+
+
+def _policy() -> str | dict[str, Any]:
+    """BENCH_POLICY='{"preset": "coding_agent", "max_attempts": 5}' tries other settings."""
+    raw = os.environ.get("BENCH_POLICY")
+    return json.loads(raw) if raw else "coding_agent"
 
 
 def seed_retry_loop(base_url: str, *_: Any) -> Ask:
