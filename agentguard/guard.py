@@ -32,7 +32,7 @@ from agentguard.home import project_key
 from agentguard.plan import Action as PlanAction
 from agentguard.plan import Call, Join, Sleep, StepPlan
 from agentguard.policy import Policy, resolve_policy
-from agentguard.records import AttemptRecord, StepInfo, attach
+from agentguard.records import AttemptRecord, StepInfo, attach, attempt_timing
 from agentguard.resuming import mark_interrupted
 from agentguard.routes import Route
 from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES, ShadowRepo, Snapshot
@@ -340,12 +340,13 @@ class Guard:
             state.attempt_row = self._open_attempt(state, route, number, began_at)
             ok, result = yield Call(route, number)
             latency = self.clock.monotonic() - began
+            when = attempt_timing(number, route, began_at, state.slept, latency)
             if ok:
                 self.breaker.record_success(route.key, sent_at=began_at)
                 self._record(
                     state,
                     route,
-                    AttemptRecord.served(number, route, began_at, state.slept, latency, result),
+                    AttemptRecord.served(when, result),
                 )
                 state.slept = 0.0
                 return result, None
@@ -354,7 +355,7 @@ class Guard:
                 self._record(
                     state,
                     route,
-                    AttemptRecord.foreign(number, route, began_at, state.slept, latency, result),
+                    AttemptRecord.foreign(when, result),
                 )
                 raise result
             if failure.kind in RETRYABLE:
@@ -363,9 +364,7 @@ class Guard:
             self._record(
                 state,
                 route,
-                AttemptRecord.failed(
-                    number, route, began_at, state.slept, latency, failure, decision
-                ),
+                AttemptRecord.failed(when, failure, decision),
             )
             log.warning(
                 "agentguard: step %s attempt %s on %s failed: %s (request-id %s, %.0f ms) → %s",

@@ -6,6 +6,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def attempt_timing(
+    number: int, route: Any, began_at: float, slept: float, latency: float
+) -> dict[str, Any]:
+    """What every attempt record has, whatever its outcome."""
+    return {
+        "number": number,
+        "provider": route.provider,
+        "model": route.model,
+        "started_at": began_at,
+        "slept_before": slept,
+        "latency": latency,
+    }
+
+
 @dataclass(frozen=True)
 class AttemptRecord:
     """One HTTP try of a step on a route (the fields an operator needs for support tickets)."""
@@ -26,16 +40,9 @@ class AttemptRecord:
     output_tokens: int | None = None
 
     @classmethod
-    def served(
-        cls, number: int, route: Any, began_at: float, slept: float, latency: float, served: Any
-    ) -> AttemptRecord:
+    def served(cls, when: dict[str, Any], served: Any) -> AttemptRecord:
         return cls(
-            number=number,
-            provider=route.provider,
-            model=route.model,
-            started_at=began_at,
-            slept_before=slept,
-            latency=latency,
+            **when,
             outcome="ok",
             status_code=200,
             request_id=served.request_id,
@@ -44,23 +51,9 @@ class AttemptRecord:
         )
 
     @classmethod
-    def failed(
-        cls,
-        number: int,
-        route: Any,
-        began_at: float,
-        slept: float,
-        latency: float,
-        failure: Any,
-        decision: Any,
-    ) -> AttemptRecord:
+    def failed(cls, when: dict[str, Any], failure: Any, decision: Any) -> AttemptRecord:
         return cls(
-            number=number,
-            provider=route.provider,
-            model=route.model,
-            started_at=began_at,
-            slept_before=slept,
-            latency=latency,
+            **when,
             outcome=decision.action.value,
             status_code=failure.status_code,
             error_type=failure.error_type,
@@ -70,27 +63,9 @@ class AttemptRecord:
         )
 
     @classmethod
-    def foreign(
-        cls,
-        number: int,
-        route: Any,
-        began_at: float,
-        slept: float,
-        latency: float,
-        exc: BaseException,
-    ) -> AttemptRecord:
+    def foreign(cls, when: dict[str, Any], exc: BaseException) -> AttemptRecord:
         """An exception that is not the provider's: recorded, then re-raised unchanged."""
-        return cls(
-            number=number,
-            provider=route.provider,
-            model=route.model,
-            started_at=began_at,
-            slept_before=slept,
-            latency=latency,
-            outcome="error",
-            error_type=type(exc).__name__,
-            message=str(exc)[:500],
-        )
+        return cls(**when, outcome="error", error_type=type(exc).__name__, message=str(exc)[:500])
 
     def row(self) -> dict[str, Any]:
         """The attempt as a store row (times in milliseconds)."""
