@@ -102,6 +102,7 @@ def agentguard_client(base_url: str, home: Path, project: Path) -> Ask:
         home=home,
         chain=[f"anthropic:{PRIMARY}", f"anthropic:{FALLBACK}"],
         policy=_policy(),
+        budget=_budget(),
         snapshots=False,
     )
 
@@ -116,6 +117,14 @@ def _policy() -> str | dict[str, Any]:
     """BENCH_POLICY='{"preset": "coding_agent", "max_attempts": 5}' tries other settings."""
     raw = os.environ.get("BENCH_POLICY")
     return json.loads(raw) if raw else "coding_agent"
+
+
+def _budget() -> Any:
+    """BENCH_BUDGET='{"ratio": 0.2, "min_retries": 20}' tries other retry budgets."""
+    from agentguard.budget import BudgetSettings
+
+    raw = os.environ.get("BENCH_BUDGET")
+    return BudgetSettings(**json.loads(raw)) if raw else None
 
 
 def seed_retry_loop(base_url: str, *_: Any) -> Ask:
