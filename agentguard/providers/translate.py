@@ -205,16 +205,7 @@ def _assistant_to_openai(content: Any, dropped: list[str]) -> dict[str, Any] | N
         if kind == "text":
             texts.append(block.get("text", ""))
         elif kind == "tool_use":
-            calls.append(
-                {
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name"),
-                        "arguments": _arguments(block.get("input")),
-                    },
-                }
-            )
+            calls.append(_tool_call(block))
         elif kind in ("thinking", "redacted_thinking"):
             dropped.append("thinking block")
         else:
@@ -226,6 +217,15 @@ def _assistant_to_openai(content: Any, dropped: list[str]) -> dict[str, Any] | N
     if calls:
         message["tool_calls"] = calls
     return message
+
+
+def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic `tool_use` block as an OpenAI `tool_calls` entry."""
+    return {
+        "id": block.get("id"),
+        "type": "function",
+        "function": {"name": block.get("name"), "arguments": _arguments(block.get("input"))},
+    }
 
 
 def _tool_to_openai(tool: dict[str, Any], dropped: list[str]) -> dict[str, Any] | None:
@@ -472,16 +472,7 @@ def anthropic_to_openai_response(message: Any, *, model: str | None = None) -> d
         if block.get("type") == "text":
             texts.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
-            calls.append(
-                {
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name"),
-                        "arguments": _arguments(block.get("input")),
-                    },
-                }
-            )
+            calls.append(_tool_call(block))
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         reply["tool_calls"] = calls
