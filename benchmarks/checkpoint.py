@@ -21,7 +21,7 @@ from agentguard.guard import Guard, Served, StepRequest
 from agentguard.plan import drive
 from agentguard.routes import Route
 from agentguard.snapshots import ShadowRepo
-from benchmarks.common import Report, agent_step_edit, git, make_repo
+from benchmarks.common import Report, agent_step_edit, git, make_repo, timed
 
 SIZES = (1_000, 10_000, 50_000)
 STEPS = 6
@@ -54,12 +54,6 @@ class Floor:
         git(self.project, "read-tree", "-u", "--reset", commit, env=self.env)
 
 
-def ms(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
-
-
 def measure(size: int, report: Report, workdir: Path) -> None:
     project = make_repo(workdir / f"repo{size}", size)
     floor = Floor(project, workdir)
@@ -72,7 +66,8 @@ def measure(size: int, report: Report, workdir: Path) -> None:
         pair = [("floor", floor.snapshot), ("ours", shadow.snapshot)]
         random.shuffle(pair)  # neither always gets the warm page cache
         for who, fn in pair:
-            took = ms(lambda fn=fn, who=who: (floors if who == "floor" else commits).append(fn()))
+            made = floors if who == "floor" else commits
+            took = timed(lambda fn=fn, made=made: made.append(fn()), repeat=1)
             (base if who == "floor" else ours).append(took)
     snap, snap_floor = statistics.median(ours), statistics.median(base)
     ratio = snap / snap_floor
@@ -90,8 +85,8 @@ def measure(size: int, report: Report, workdir: Path) -> None:
     )
 
     back = commits[2].commit
-    restore_ours = ms(lambda: shadow.restore(back))
-    restore_floor = ms(lambda: floor.restore(floors[2]))
+    restore_ours = timed(lambda: shadow.restore(back), repeat=1)
+    restore_floor = timed(lambda: floor.restore(floors[2]), repeat=1)
     report.add(
         "checkpoint",
         case,

@@ -9,8 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,14 +104,6 @@ def timed(fn: Callable[[], Any], repeat: int = 5) -> float:
         fn()
         samples.append((time.perf_counter() - start) * 1000)
     return statistics.median(samples)
-
-
-@contextmanager
-def stopwatch() -> Iterator[list[float]]:
-    box: list[float] = []
-    start = time.perf_counter()
-    yield box
-    box.append((time.perf_counter() - start) * 1000)
 
 
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:

@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +35,7 @@ from agentguard.tui.data import StoreReader  # noqa: E402
 from agentguard.tui.screens.runs import RunsScreen  # noqa: E402
 from agentguard.tui.watch import quiet_gc  # noqa: E402
 from agentguard.tui.widgets import KeyedTable  # noqa: E402
+from benchmarks.common import timed  # noqa: E402
 
 NOW = time.time()
 DAYS = 30
@@ -117,16 +117,6 @@ def generate(home: Path, runs: int, steps_per_run: int, attempts_per_step: int) 
     conn.execute("pragma wal_checkpoint(truncate)")
     store.close()
     return {"runs": len(run_rows), "steps": len(step_rows), "attempts": len(attempt_rows)}
-
-
-def timed(fn: Callable[[], object], repeat: int = 5) -> float:
-    """Median milliseconds of `fn()`."""
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 class LoopLag:
