@@ -3,16 +3,25 @@
 Prices are USD per million tokens, matched by the longest model-name prefix, so
 `claude-opus-4-7` and `claude-opus-4-7-20261001` both use the `claude-opus-4` entry. They are
 list prices as we last knew them on PRICES_AS_OF; check them against your provider's price page
-and override them (config `[prices]` or `compute(prices=...)`) — a gateway may charge otherwise.
+and override them in `$AGENTGUARD_HOME/prices.toml` (or `compute(prices=...)`) — a gateway may
+charge otherwise:
+
+    ["claude-opus-4"]                 # a model name or prefix
+    input = 5.0                       # USD per million input tokens
+    output = 25.0
+
 """
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 PRICES_AS_OF = "2026-11-01"
+PRICES_FILE = "prices.toml"
 
 
 class Price(BaseModel):
@@ -48,3 +57,21 @@ def price_for(model: str | None, overrides: Mapping[str, Price] | None = None) -
         if matches:
             return table[max(matches, key=len)]
     return None
+
+
+def load_prices(home: Path) -> dict[str, Price]:
+    """Your overrides from `home/prices.toml` (none if the file is absent)."""
+    from agentguard.errors import ConfigError
+    from agentguard.policy import validate_model
+
+    path = home / PRICES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the file.") from None
+    return {
+        model: validate_model(Price, table, f"price of {model!r} in {path}")
+        for model, table in data.items()
+    }

@@ -87,3 +87,19 @@ def test_demo_without_tui_prints_the_summary(home, tmp_path, capsys) -> None:
 def test_watch_refuses_a_missing_database_file(home, tmp_path, capsys) -> None:
     assert main(["watch", "--db", str(tmp_path / "nope.db")]) == 2
     assert "nope.db" in capsys.readouterr().err
+
+
+def test_stats_uses_the_price_overrides_in_home(busy_store, capsys) -> None:
+    (busy_store / "prices.toml").write_text('["claude-"]\ninput = 1000000.0\noutput = 0.0\n')
+    assert main(["stats", "--since", "all", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    tokens = sum(
+        row["input_tokens"]
+        for row in Store.open(busy_store).query(
+            "select input_tokens from attempts where outcome = 'ok'"
+        )
+    )
+    assert doc["cost_usd"] == pytest.approx(tokens)  # $1 per input token, as overridden
+    (busy_store / "prices.toml").write_text('["claude-"]\ninput = -1\noutput = 0\n')
+    assert main(["stats", "--json"]) == 2
+    assert "input must be greater than or equal to 0" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from typing import Any
 
 from agentguard.commands.common import OK, Context
 from agentguard.metrics import compute
+from agentguard.pricing import load_prices
 from agentguard.store import Store
 
 NAME = "metrics"
@@ -36,6 +37,7 @@ class StoreCollector:
         self.window = window
         self.clock = clock
         self.lock = threading.Lock()  # scrapes may overlap; the store connection is shared
+        self.prices = load_prices(store.home)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -43,7 +45,10 @@ class StoreCollector:
         now = self.clock()
         with self.lock:
             m = compute(
-                self.store, since=None if self.window is None else now - self.window, until=now
+                self.store,
+                since=None if self.window is None else now - self.window,
+                until=now,
+                prices=self.prices,
             )
 
         def gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None):

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from agentguard.commands.common import OK, Context, Refused
 from agentguard.metrics import Metrics, compute
-from agentguard.pricing import PRICES_AS_OF
+from agentguard.pricing import PRICES_AS_OF, load_prices
 
 NAME = "stats"
 SUMMARY = "529 rate by model, retry success, p50/p95/p99 latency, fallbacks, failures, cost."
@@ -47,7 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     span = parse_since(args.since)
     now = time.time()
-    metrics = compute(ctx.store(), since=None if span is None else now - span, until=now)
+    store = ctx.store()
+    metrics = compute(
+        store,
+        since=None if span is None else now - span,
+        until=now,
+        prices=load_prices(store.home),
+    )
     if ctx.as_json:
         ctx.print_json({"since": args.since, "prices_as_of": PRICES_AS_OF, **metrics.to_dict()})
         return OK
