@@ -7,7 +7,10 @@ Once a route has answered *only* overload/server errors for `open_after` seconds
 — from all processes together — finds out when it recovers. A successful probe closes it at once.
 
 A short blip (shorter than `open_after`) never opens it, so steps keep retrying the primary
-through blips instead of substituting a different model.
+through blips instead of substituting a different model. While a step backs off, the breaker
+row is also how agents hear from each other: an answer to a request sent after the step's own
+failure means the route is back (retry now, `recovered_since`), and a newer failure means it is
+still down (`failed_since`: one more request would only add load).
 
 State lives in the `route_health` table (one row per route). Reads are plain SELECTs (WAL:
 they never wait for a writer); every change is one IMMEDIATE transaction, so concurrent
@@ -103,6 +106,7 @@ class Breaker:
         from closing it: an answer to an old request does not prove the route has recovered.
         """
         now = self.clock.now()
+        sent = now if sent_at is None else sent_at
         row = self._row(route)
         if (
             row is not None
@@ -122,12 +126,14 @@ class Breaker:
                 if cursor.rowcount:
                     return
             db.conn.execute(
-                "insert into route_health (route, state, failures, last_success_at, updated_at) "
-                "values (?, 'closed', 0, ?, ?) on conflict (route) do update set "
+                "insert into route_health (route, state, failures, last_success_at, "
+                "last_success_sent_at, updated_at) values (?, 'closed', 0, ?, ?, ?) "
+                "on conflict (route) do update set "
                 "state = 'closed', failures = 0, first_failure_at = null, open_since = null, "
                 "next_probe_at = null, last_success_at = excluded.last_success_at, "
-                "updated_at = excluded.updated_at",
-                [route, now, now],
+                "last_success_sent_at = max(coalesce(last_success_sent_at, 0), "
+                "excluded.last_success_sent_at), updated_at = excluded.updated_at",
+                [route, now, sent, now],
             )
 
     def record_failure(self, route: str, *, retry_after: float | None = None) -> None:
@@ -181,6 +187,18 @@ class Breaker:
                     now,
                 ],
             )
+
+    # -- what a step backing off hears from the other agents -----------------------------------
+
+    def recovered_since(self, route: str, sent_at: float) -> bool:
+        """Has the route answered a request sent after `sent_at` (by any agent)?"""
+        row = self._row(route)
+        return bool(row and (row["last_success_sent_at"] or 0) > sent_at)
+
+    def failed_since(self, route: str, at: float) -> bool:
+        """Has a request on the route failed with an overload-type error after `at`?"""
+        row = self._row(route)
+        return bool(row and (row["last_failure_at"] or 0) > at)
 
     # -- what the TUI and errors show --------------------------------------------------------
 

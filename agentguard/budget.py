@@ -31,7 +31,7 @@ class BudgetSettings:
     """How many retries a route may take, relative to its recent traffic."""
 
     ratio: float = 0.2  # retries may be at most this fraction of the window's first tries ...
-    min_retries: int = 10  # ... plus this many per window, so a quiet route can still retry
+    min_retries: int = 15  # ... plus this many per window, so a short blip can be ridden out
     window: float = 10.0  # seconds of history that count
     prune_every: int = 100  # every n-th row written also deletes rows older than the window
 

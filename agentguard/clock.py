@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
+
+# How often a wakeable wait looks at its condition (one SQLite read when it asks the store).
+WAKE_POLL_S = 0.05
 
 
 class Clock(Protocol):
@@ -19,6 +23,12 @@ class Clock(Protocol):
     def sleep(self, seconds: float) -> None: ...
 
     async def asleep(self, seconds: float) -> None: ...
+
+    def wait(self, seconds: float, wake: Callable[[], bool]) -> float:
+        """Sleep up to `seconds`, returning early once `wake()` is true; the seconds waited."""
+        ...
+
+    async def await_(self, seconds: float, wake: Callable[[], bool]) -> float: ...
 
 
 class SystemClock:
@@ -36,9 +46,26 @@ class SystemClock:
         if seconds > 0:
             await asyncio.sleep(seconds)
 
+    def wait(self, seconds: float, wake: Callable[[], bool]) -> float:
+        began = time.perf_counter()
+        while (left := seconds - (time.perf_counter() - began)) > 0:
+            time.sleep(min(left, WAKE_POLL_S))
+            if wake():
+                break
+        return time.perf_counter() - began
+
+    async def await_(self, seconds: float, wake: Callable[[], bool]) -> float:
+        began = time.perf_counter()
+        while (left := seconds - (time.perf_counter() - began)) > 0:
+            await asyncio.sleep(min(left, WAKE_POLL_S))
+            if wake():
+                break
+        return time.perf_counter() - began
+
 
 class FakeClock:
-    """A clock that only moves when slept on; records every sleep."""
+    """A clock that only moves when slept on; records every sleep (a woken wait as one entry,
+    the time it actually waited)."""
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self._wall = start
@@ -61,3 +88,17 @@ class FakeClock:
 
     async def asleep(self, seconds: float) -> None:
         self.sleep(seconds)
+
+    def wait(self, seconds: float, wake: Callable[[], bool]) -> float:
+        waited = 0.0
+        while waited < seconds:
+            tick = min(WAKE_POLL_S, seconds - waited)
+            self.advance(tick)
+            waited += tick
+            if wake():
+                break
+        self.sleeps.append(waited)
+        return waited
+
+    async def await_(self, seconds: float, wake: Callable[[], bool]) -> float:
+        return self.wait(seconds, wake)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agentguard.breaker import Admission, Breaker, BreakerSettings
+from agentguard.breaker import Admission, Breaker, BreakerSettings, RouteHealth
 from agentguard.budget import BudgetSettings, RetryBudget
 from agentguard.classify import RETRYABLE, Action, Decision, Failure, Kind, decide, describe
 from agentguard.clock import Clock, SystemClock
@@ -380,9 +380,15 @@ class Guard:
             if decision.action is Action.RETRY:
                 # the checkpoint is taken before anything can change during the backoff
                 yield from self._join_snapshot(state)
-                yield Sleep(decision.delay)
-                state.slept = decision.delay
-                continue
+                if failure.kind not in RETRYABLE or failure.retry_after is not None:
+                    state.slept = yield Sleep(decision.delay)  # the server said when: obey it
+                    continue
+                stop = yield from self._back_off(
+                    state, route, failure, decision.delay, tries, began_at
+                )
+                if stop is None:
+                    continue
+                decision = stop
             if decision.action is Action.FATAL:
                 self._reject(state, failure, result)
             self.event(
@@ -396,6 +402,64 @@ class Guard:
             return None, RouteFailure(
                 route, decision.reason, decision.action, failure, result, cooling
             )
+
+    def _back_off(
+        self,
+        state: _StepState,
+        route: Route,
+        failure: Failure,
+        delay: float,
+        tries: int,
+        sent_at: float,
+    ) -> Generator[PlanAction, Any, Decision | None]:
+        """Wait before retrying an overloaded route, listening to the other agents on the machine.
+
+        An answer to a request sent after ours means the route is back: retry at once instead of
+        sleeping out the delay. A newer failure from someone else means it is still down: our
+        request would only add load, so keep waiting (no attempt is spent) — until the breaker
+        opens or the step's deadline comes. None: retry now; a Decision: leave the route.
+        """
+        waited, since, deferred = 0.0, self.clock.now(), 0
+
+        def recovered() -> bool:
+            return self.breaker.recovered_since(route.key, sent_at)
+
+        while True:
+            waited += yield Sleep(delay, wake=recovered)
+            state.slept = waited
+            if recovered():
+                return None
+            health = self.breaker.health(route.key)
+            if health.state == "open":
+                return Decision(Action.NEXT_ROUTE, reason=f"{failure.label}: {_BREAKER_OPENED}")
+            if not self.breaker.failed_since(route.key, since) or self._streak_is_due(health):
+                return None
+            deferred += 1
+            delay = self.policy.backoff(tries, self.rng)
+            if delay > state.time_left(self.policy, self.clock):
+                return Decision(
+                    Action.NEXT_ROUTE,
+                    reason=f"{failure.label}: step deadline reached while the route was down",
+                )
+            since = self.clock.now()
+            if deferred == 1:
+                log.info(
+                    "agentguard: step %s holds its retry on %s: another agent's request failed",
+                    state.number,
+                    route.key,
+                )
+                self.event(
+                    state.step_id,
+                    "retry_deferred",
+                    route=route.key,
+                    reason="another request on this route failed while this step backed off",
+                )
+
+    def _streak_is_due(self, health: RouteHealth) -> bool:
+        """Has the route failed long enough that one more failure opens its breaker? Then the
+        retry is sent: its answer decides between 'back' and 'open' for every waiting step."""
+        first = health.first_failure_at
+        return first is not None and self.clock.now() - first >= self.breaker.settings.open_after
 
     def _decide(
         self, state: _StepState, route: Route, failure: Failure, tries: int, admission: Admission

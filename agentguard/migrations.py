@@ -187,3 +187,11 @@ def m004_tui_indexes(db: Database) -> None:
     db["runs"].create_index(["created_at"], if_not_exists=True)
     db["steps"].create_index(["started_at"], if_not_exists=True)
     db["attempts"].create_index(["started_at"], if_not_exists=True)
+
+
+@migration
+def m005_success_sent_at(db: Database) -> None:
+    # When the request behind a route's last success was sent: a step backing off wakes early
+    # only for an answer to a request sent after its own failed one (agentguard.breaker).
+    if "last_success_sent_at" not in db["route_health"].columns_dict:
+        db["route_health"].add_column("last_success_sent_at", float)

@@ -25,7 +25,11 @@ class Call:
 
 @dataclass(frozen=True)
 class Sleep:
+    """Wait `seconds`; with `wake`, stop early once it is true. The plan receives the seconds
+    actually waited."""
+
     seconds: float
+    wake: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,12 @@ def drive(plan: StepPlan, call: Callable[[Call], Any], clock: Clock) -> Any:
                     reply = (False, exc)
                 action = plan.send(reply)
             elif isinstance(action, Sleep):
-                clock.sleep(action.seconds)
-                action = plan.send(None)
+                if action.wake is None:
+                    clock.sleep(action.seconds)
+                    waited = action.seconds
+                else:
+                    waited = clock.wait(action.seconds, action.wake)
+                action = plan.send(waited)
             else:
                 try:
                     value = action.future.result()
@@ -74,8 +82,12 @@ async def adrive(plan: StepPlan, call: Callable[[Call], Awaitable[Any]], clock: 
                     reply = (False, exc)
                 action = plan.send(reply)
             elif isinstance(action, Sleep):
-                await clock.asleep(action.seconds)
-                action = plan.send(None)
+                if action.wake is None:
+                    await clock.asleep(action.seconds)
+                    waited = action.seconds
+                else:
+                    waited = await clock.await_(action.seconds, action.wake)
+                action = plan.send(waited)
             else:
                 try:
                     value = await asyncio.wrap_future(action.future)

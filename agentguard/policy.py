@@ -69,12 +69,14 @@ PRESETS: dict[str, Policy] = {
             max_retry_after=10.0,
             substitution="announce",
         ),
-        # Preserve repo state, tell the user when the model changes.
+        # Preserve repo state, tell the user when the model changes. Short, capped delays: the
+        # step notices a blip's end quickly, while the machine-wide breaker, retry budget and
+        # held retries (one agent's failure holds the others') keep the load on the provider down.
         Policy(
             name="coding_agent",
-            max_attempts=4,
-            base_delay=0.5,
-            max_delay=8.0,
+            max_attempts=5,
+            base_delay=0.25,
+            max_delay=0.5,
             step_deadline=120.0,
             max_retry_after=60.0,
             substitution="announce",

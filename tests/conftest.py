@@ -14,7 +14,8 @@ from anthropic import Anthropic, AsyncAnthropic
 
 import agentguard
 from agentguard.clock import FakeClock
-from agentguard.testing import FakeProvider
+from agentguard.policy import DEFAULT_PRESET, PRESETS
+from agentguard.testing import FakeProvider, Reply, overloaded
 
 # A key whose bytes must never reach the store, the shadow store or a log.
 API_KEY = "sk-ant-api03-NEVER-PERSIST-7f3a9c1e5b2d4f6a8c0e"
@@ -27,6 +28,15 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "Test User",
     "GIT_COMMITTER_EMAIL": "test@example.com",
 }
+
+
+# Tries per route of the default preset: a route is given up after this many 529s in a row.
+ATTEMPTS = PRESETS[DEFAULT_PRESET].max_attempts
+
+
+def storm(n: int = ATTEMPTS) -> list[Reply]:
+    """Enough 529s in a row to make a step of the default preset leave its route."""
+    return [overloaded() for _ in range(n)]
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -21,7 +21,7 @@ from agentguard.cli import main
 from agentguard.clock import FakeClock
 from agentguard.store import Store
 from agentguard.testing import overloaded
-from tests.conftest import git, user
+from tests.conftest import ATTEMPTS, git, storm, user
 
 OPUS, SONNET, HAIKU = "claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5"
 ORIGINAL = "def add(a, b):\n    return a - b\n"
@@ -81,7 +81,7 @@ def edited_run(guarded, project):
 
 @pytest.fixture
 def substituted_run(fake, guarded):
-    fake.script(*[overloaded() for _ in range(4)], model=OPUS)
+    fake.script(*storm(), model=OPUS)
     client = guarded(
         run="overloaded",
         chain=[f"anthropic:{OPUS}", f"anthropic:{SONNET}"],
@@ -94,7 +94,7 @@ def substituted_run(fake, guarded):
 
 @pytest.fixture
 def failed_run(fake, guarded):
-    fake.script(*[overloaded() for _ in range(4)], model=HAIKU)
+    fake.script(*storm(), model=HAIKU)
     client = guarded(run="broken")
     with pytest.raises(agentguard.RetriesExhausted):
         ask(client, HAIKU)
@@ -161,8 +161,8 @@ def test_runs_lists_substituted_failed_and_interrupted_runs(
     assert any(failed_run in line and "failed" in line for line in lines)
     assert any("deadbeef0001" in line and "interrupted" in line for line in lines)
     flat = " ".join(out.split())
-    assert f"last errors: {failed_run} step 1 failed after 4 attempt(s)" in flat
-    assert "529 overloaded_error ×4" in flat
+    assert f"last errors: {failed_run} step 1 failed after {ATTEMPTS} attempt(s)" in flat
+    assert f"529 overloaded_error ×{ATTEMPTS}" in flat
     assert "ago" in out
 
     doc = cli_json(capsys, "runs")
@@ -199,10 +199,13 @@ def test_show_makes_a_substitution_impossible_to_miss(capsys, fake, substituted_
     code, out, err = cli(capsys, "show", substituted_run)
     assert code == 0 and err == ""
     flat = " ".join(out.split())
-    assert f"served by {SONNET} (anthropic) instead of {OPUS} — 529 overloaded_error ×4" in flat
+    assert (
+        f"served by {SONNET} (anthropic) instead of {OPUS} — 529 overloaded_error ×{ATTEMPTS}"
+        in flat
+    )
     assert "1 of 1 steps served by another model" in flat
     request_ids = [r.request_id for r in fake.requests]
-    assert len(request_ids) == 5
+    assert len(request_ids) == ATTEMPTS + 1
     for request_id in request_ids:  # every attempt, with its request-id
         assert request_id in out
     assert "→ retry" in flat and "→ next_route" in flat and "200 ok" in flat
@@ -216,10 +219,13 @@ def test_show_json_has_steps_attempts_and_events(capsys, fake, substituted_run, 
     assert run["project"] == str(project.resolve()) and run["policy"] == "coding_agent"
     [step] = doc["steps"]
     assert step["substituted"] is True and step["served_model"] == SONNET
-    assert step["requested_model"] == OPUS and step["reason"] == f"{OPUS}: 529 overloaded_error ×4"
+    assert (
+        step["requested_model"] == OPUS
+        and step["reason"] == f"{OPUS}: 529 overloaded_error ×{ATTEMPTS}"
+    )
     assert len(step["checkpoint"]) == 40
     attempts = step["attempts"]
-    assert [a["model"] for a in attempts] == [OPUS] * 4 + [SONNET]
+    assert [a["model"] for a in attempts] == [OPUS] * ATTEMPTS + [SONNET]
     assert [a["request_id"] for a in attempts] == [r.request_id for r in fake.requests]
     assert attempts[0]["error_type"] == "overloaded_error" and attempts[0]["status_code"] == 529
     assert attempts[1]["slept_before_ms"] > 0 and attempts[-1]["outcome"] == "ok"

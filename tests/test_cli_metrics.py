@@ -15,7 +15,7 @@ from agentguard.commands.stats import parse_since
 from agentguard.errors import AgentGuardError
 from agentguard.store import Store
 from agentguard.testing import overloaded
-from tests.conftest import user
+from tests.conftest import ATTEMPTS, storm, user
 
 OPUS, SONNET = "claude-opus-4-7", "claude-sonnet-4-6"
 
@@ -32,7 +32,7 @@ def busy_store(fake, guarded, home) -> Path:
         clock=FakeClock(start=time.time() - 60), chain=[f"anthropic:{OPUS}", f"anthropic:{SONNET}"]
     )
     client.messages.create(model=OPUS, max_tokens=8, messages=[user("a")])
-    fake.script(*[overloaded() for _ in range(4)], model=OPUS)
+    fake.script(*storm(), model=OPUS)
     client.messages.create(model=OPUS, max_tokens=8, messages=[user("b")])
     client.agentguard.close()
     return home
@@ -49,7 +49,7 @@ def test_stats_prints_the_checklist(busy_store, capsys) -> None:
 def test_stats_json_has_every_figure(busy_store, capsys) -> None:
     assert main(["stats", "--since", "all", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert (doc["steps"], doc["fallback_activations"], doc["overloaded"]) == (2, 1, 5)
+    assert (doc["steps"], doc["fallback_activations"], doc["overloaded"]) == (2, 1, 1 + ATTEMPTS)
     assert doc["retry_success_rate"] == 0.5  # step 1 recovered on Opus, step 2 did not
     assert {m["model"] for m in doc["by_model"]} == {OPUS, SONNET}
     assert doc["prices_as_of"]
@@ -72,7 +72,7 @@ def test_metrics_are_served_for_prometheus(busy_store) -> None:
         server.shutdown()
         thread.join(timeout=5)
     text = body.decode()
-    assert f'agentguard_overloaded_attempts{{model="{OPUS}"}} 5.0' in text
+    assert f'agentguard_overloaded_attempts{{model="{OPUS}"}} {1 + ATTEMPTS:.1f}' in text
     assert "agentguard_fallback_activations 1.0" in text
     assert 'agentguard_step_latency_seconds{quantile="0.95"}' in text
 

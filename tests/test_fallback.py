@@ -18,7 +18,7 @@ from agentguard.breaker import BreakerSettings
 from agentguard.clock import FakeClock
 from agentguard.store import Store
 from agentguard.testing import ToolCall, Turn, error, overloaded
-from tests.conftest import API_KEY, user
+from tests.conftest import API_KEY, ATTEMPTS, storm, user
 
 OPUS, SONNET, GPT = "claude-opus-4-7", "claude-sonnet-4-6", "gpt-5.5"
 
@@ -50,15 +50,15 @@ def events(home: Path, kind: str) -> list[dict]:
 
 
 def test_opus_overloaded_sonnet_serves_recorded_and_announced(fake, guarded, chain, home):
-    fake.script(*[overloaded() for _ in range(4)], model=OPUS)
+    fake.script(*storm(), model=OPUS)
     announced = []
     client = guarded(chain=chain, on_substitution=announced.append)
     msg = ask(client)
     assert isinstance(msg, Message)
     info = agentguard.info(msg)
     assert (info.requested_model, info.served_model, info.substituted) == (OPUS, SONNET, True)
-    assert info.reason == f"{OPUS}: 529 overloaded_error ×4"
-    assert [a.model for a in info.attempts] == [OPUS] * 4 + [SONNET]
+    assert info.reason == f"{OPUS}: 529 overloaded_error ×{ATTEMPTS}"
+    assert [a.model for a in info.attempts] == [OPUS] * ATTEMPTS + [SONNET]
     assert announced == [info]
     step = Store.open(home).get_step(info.step_id)
     assert (step["substituted"], step["served_model"], step["reason"]) == (1, SONNET, info.reason)
@@ -67,7 +67,7 @@ def test_opus_overloaded_sonnet_serves_recorded_and_announced(fake, guarded, cha
 
 
 def test_allow_records_the_substitution_without_calling_back(fake, guarded, chain, home):
-    fake.script(*[overloaded() for _ in range(4)], model=OPUS)
+    fake.script(*storm(), model=OPUS)
     announced = []
     client = guarded(chain=chain, policy="support_bot", on_substitution=announced.append)
     assert agentguard.info(ask(client)).substituted
@@ -86,7 +86,7 @@ def test_all_claude_routes_down_openai_serves_a_tool_step_and_claude_comes_back(
 ):
     fake.set_model(tool_loop_model)
     for model in (OPUS, SONNET):
-        fake.script(*[overloaded() for _ in range(4)], model=model)
+        fake.script(*storm(), model=model)
     client = guarded(chain=chain)
     tools = [{"name": "read_file", "description": "read", "input_schema": {"type": "object"}}]
     conversation = [user("fix the bug")]
@@ -156,9 +156,9 @@ def test_an_unusable_primary_key_falls_back_and_says_so(fake, guarded, chain):
 
 
 def test_the_breaker_skips_an_overloaded_route_then_probes_it_once(fake, guarded, chain, clock):
-    fake.script(*[overloaded() for _ in range(4)], model=OPUS)
-    client = guarded(chain=chain, breaker=BreakerSettings(open_after=0.5, cooldown=5.0))
-    ask(client)  # four 529s over > 0.5 s of backoff: the breaker opens
+    fake.script(*storm(3), model=OPUS)
+    client = guarded(chain=chain, breaker=BreakerSettings(open_after=0.1, cooldown=5.0))
+    ask(client)  # three 529s over > 0.1 s of backoff: the breaker opens
     assert client.agentguard.breaker.health(f"anthropic:{OPUS}").state == "open"
     before = len(fake.requests)
     assert agentguard.info(ask(client)).served_model == SONNET
@@ -185,8 +185,8 @@ class DriftingClock(FakeClock):
         super().__init__()
         self.target = target
 
-    def sleep(self, seconds: float) -> None:
-        super().sleep(seconds)
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
         self.target.write_text("edited while the model call was retrying\n")
         (self.target.parent / "stray.txt").write_text("created mid-step\n")
 
@@ -195,7 +195,7 @@ def test_drift_is_kept_then_the_checkpoint_restored_before_a_route_change(
     fake, project, chain, home
 ):
     original = (project / "app.py").read_text()
-    fake.script(*[overloaded() for _ in range(4)], model=OPUS)
+    fake.script(*storm(), model=OPUS)
     client = agentguard.wrap(
         anthropic.Anthropic(base_url=fake.base_url, api_key=API_KEY),
         project=project,
@@ -230,12 +230,12 @@ def test_thinking_is_kept_for_claude_and_dropped_with_an_event_elsewhere(
         },
         user("go on"),
     ]
-    fake.script(*[overloaded() for _ in range(4)], model=OPUS)
+    fake.script(*storm(), model=OPUS)
     client = guarded(chain=chain)
     ask(client, history)
     assert fake.requests[-1].body["messages"][1]["content"][0]["type"] == "thinking"
     for model in (OPUS, SONNET):
-        fake.script(*[overloaded() for _ in range(4)], model=model)
+        fake.script(*storm(), model=model)
     info = agentguard.info(ask(client, history))
     assert info.served_provider == "openai"
     [dropped] = events(home, "translation_dropped")
@@ -247,7 +247,7 @@ def test_a_wrapped_openai_client_falls_back_to_claude_and_gets_a_chat_completion
 ):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-fallback")
     fake.set_model(lambda r: Turn(text="", tool_calls=[ToolCall("run", {"cmd": "pytest"})]))
-    fake.script(*[overloaded() for _ in range(4)], model=GPT)
+    fake.script(*storm(), model=GPT)
     client = agentguard.wrap(
         openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-openai"),
         project=project,
@@ -277,7 +277,7 @@ def test_a_wrapped_openai_client_falls_back_to_claude_and_gets_a_chat_completion
 
 
 def test_async_fallback(fake, guarded, chain):
-    fake.script(*[overloaded() for _ in range(4)], model=OPUS)
+    fake.script(*storm(), model=OPUS)
 
     async def main():
         client = guarded(asynchronous=True, chain=chain)
@@ -289,7 +289,7 @@ def test_async_fallback(fake, guarded, chain):
 
 def test_a_streamed_step_served_by_openai_is_one_clean_anthropic_stream(fake, guarded, chain):
     for model in (OPUS, SONNET):
-        fake.script(*[overloaded() for _ in range(4)], model=model)
+        fake.script(*storm(), model=model)
     fake.set_model(lambda r: Turn(text="translated answer"))
     with guarded(chain=chain).messages.stream(
         model=OPUS, max_tokens=9, messages=[user("x")]

@@ -16,7 +16,7 @@ import agentguard
 from agentguard.resuming import due_runs, mark_interrupted
 from agentguard.store import Store
 from agentguard.testing import ToolCall, Turn, overloaded
-from tests.conftest import API_KEY, user
+from tests.conftest import API_KEY, storm, user
 
 MODEL = "claude-opus-4-7"
 TOOLS = [{"name": "write_file", "description": "write", "input_schema": {"type": "object"}}]
@@ -108,7 +108,7 @@ def test_a_resumed_run_keeps_its_id_and_continues_its_steps(fake, project, home,
 
 
 def test_a_failed_step_is_resumed_to_be_sent_again(fake, guarded, project):
-    fake.script(*[overloaded() for _ in range(4)])
+    fake.script(*storm())
     client = guarded()
     with pytest.raises(agentguard.RetriesExhausted):
         client.messages.create(model=MODEL, max_tokens=8, messages=[user("hello")])

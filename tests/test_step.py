@@ -22,7 +22,7 @@ from agentguard.testing import (
     overloaded,
     stall,
 )
-from tests.conftest import API_KEY, user
+from tests.conftest import API_KEY, ATTEMPTS, user
 
 MODEL = "claude-opus-4-7"
 
@@ -190,11 +190,11 @@ def test_529_three_times_then_success_records_four_attempts(fake, guarded, clock
 def test_529_forever_fails_bounded_naming_attempts_and_last_request_id(fake, guarded, clock):
     fake.script(*[overloaded() for _ in range(50)])
     with pytest.raises(RetriesExhausted) as caught:
-        create(guarded())  # coding_agent: 4 attempts
-    assert len(fake.requests) == 4 and len(clock.sleeps) == 3
+        create(guarded())  # the default preset's attempts, no more
+    assert len(fake.requests) == ATTEMPTS and len(clock.sleeps) == ATTEMPTS - 1
     last = fake.requests[-1].request_id
-    assert "after 4 attempt(s)" in str(caught.value) and last in str(caught.value)
-    assert caught.value.last_request_id == last and len(caught.value.attempts) == 4
+    assert f"after {ATTEMPTS} attempt(s)" in str(caught.value) and last in str(caught.value)
+    assert caught.value.last_request_id == last and len(caught.value.attempts) == ATTEMPTS
     assert isinstance(caught.value.__cause__, anthropic.OverloadedError)
 
 

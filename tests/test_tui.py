@@ -25,7 +25,6 @@ from textual.widgets import DataTable, Footer
 from agentguard.metrics import compute
 from agentguard.snapshots import ShadowRepo
 from agentguard.store import DB_NAME, Store
-from agentguard.testing import overloaded
 from agentguard.tui import formatting as fmt
 from agentguard.tui import watch
 from agentguard.tui.app import WatchApp
@@ -36,7 +35,7 @@ from agentguard.tui.screens.metrics import MetricsScreen
 from agentguard.tui.screens.run import RunScreen
 from agentguard.tui.screens.runs import RunsScreen
 from agentguard.tui.widgets import Banner, KeyedTable
-from tests.conftest import user
+from tests.conftest import storm, user
 
 NOW = 1_800_000_000.0  # the frozen clock: 2027-01-15 08:00:00 UTC
 OPUS, SONNET, GPT = "claude-opus-4-7", "claude-sonnet-4-6", "gpt-5.5"
@@ -491,7 +490,7 @@ def test_the_app_can_open_on_one_run_as_the_demo_does(story_db):
 def test_keyboard_run_step_diff_and_restore_with_confirm_and_cancel(fake, guarded, project, home):
     """A real wrapped client records 2 steps (the first served by Sonnet after 529s) while a
     'tool' edits the project; the keyboard then diffs step 1 and restores it — only on yes."""
-    fake.script(*[overloaded() for _ in range(4)], model=OPUS)
+    fake.script(*storm(), model=OPUS)
     client = guarded(chain=[f"anthropic:{OPUS}", f"anthropic:{SONNET}"])
     client.messages.create(model=OPUS, max_tokens=64, messages=[user("fix the bug")])
     original = (project / "app.py").read_text()
