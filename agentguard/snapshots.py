@@ -698,6 +698,14 @@ def _git_env(git_dir: Path, project: Path, index: Path) -> dict[str, str]:
         LC_ALL="C",
         LANGUAGE="C",
         **_IDENTITY,
+        # A split index (version 4) keeps the private index cheap to rewrite in large trees:
+        # each snapshot writes only the entries that changed, not all of them (git ≥ 2.31 reads
+        # these; an older git ignores them and is merely slower).
+        GIT_CONFIG_COUNT="2",
+        GIT_CONFIG_KEY_0="core.splitIndex",
+        GIT_CONFIG_VALUE_0="true",
+        GIT_CONFIG_KEY_1="index.version",
+        GIT_CONFIG_VALUE_1="4",
     )
     return env
 

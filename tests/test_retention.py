@@ -133,13 +133,18 @@ def size_of(folder: Path) -> int:
 
 
 def fingerprint(folder: Path) -> dict[str, tuple[int, int, str]]:
-    """Every file under `folder`: size, mtime and a hash of its bytes."""
+    """Every file under `folder`: size, mtime and a hash of its bytes.
+
+    A shared index's mtime is left out: git refreshes it whenever it reads the split index, so
+    that it is not expired while in use; its bytes must still be the same.
+    """
     found = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not path.is_symlink():
             st = path.lstat()
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            found[path.relative_to(folder).as_posix()] = (st.st_size, st.st_mtime_ns, digest)
+            mtime = 0 if path.name.startswith("sharedindex.") else st.st_mtime_ns
+            found[path.relative_to(folder).as_posix()] = (st.st_size, mtime, digest)
     return found
 
 

@@ -202,6 +202,22 @@ def test_a_folder_that_is_not_a_git_repository_works(plain: Path, store: Path) -
     assert not (plain / ".git").exists()
 
 
+def test_the_private_index_is_split_so_a_snapshot_rewrites_only_what_changed(
+    plain: Path, store: Path
+) -> None:
+    shadow = ShadowRepo(plain, store)
+    shadow.snapshot()
+    write(plain / "a.txt", "changed\n")
+    snap = shadow.snapshot()
+    index = (store / "index").read_bytes()
+    assert index[:4] == b"DIRC" and int.from_bytes(index[4:8], "big") == 4  # version 4
+    assert b"link" in index  # the split-index extension points at a shared index
+    [shared] = (store / "repo.git").glob("sharedindex.*")
+    assert shared.stat().st_size > 0
+    assert shadow.files(snap.commit) == ["a.txt", "dir/b.txt", "dir/sub/c.txt"]
+    assert shadow.read_file(snap.commit, "a.txt") == b"changed\n"
+
+
 # -- what cannot be stored is reported, and never lost ------------------------------------------
 
 

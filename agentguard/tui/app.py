@@ -9,15 +9,18 @@ so polls never overlap. Handlers on the UI thread own every widget update.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
+from typing import Any
 
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
@@ -196,7 +199,7 @@ class WatchApp(App[int]):
         with self.batch_update():
             for screen in self.screen_stack:
                 if isinstance(screen, RunsScreen):
-                    screen.show_page(message.page)
+                    _apply(screen.show_page, message.page)
         self.loads += 1
 
     @on(RunLoaded)
@@ -208,14 +211,14 @@ class WatchApp(App[int]):
         with self.batch_update():
             for screen in self.screen_stack:
                 if isinstance(screen, RunScreen) and screen.run_id == message.run_id:
-                    screen.show_detail(message.detail)
+                    _apply(screen.show_detail, message.detail)
 
     @on(MetricsLoaded)
     def _metrics_loaded(self, message: MetricsLoaded) -> None:
         self.metrics_view = message.view
         for screen in self.screen_stack:
             if isinstance(screen, MetricsScreen):
-                screen.show_metrics(message.view)
+                _apply(screen.show_metrics, message.view)
 
     @on(LoadFailed)
     def _load_failed(self, message: LoadFailed) -> None:
@@ -247,3 +250,10 @@ class WatchApp(App[int]):
         for screen in self.screen_stack:
             if isinstance(screen, RunsScreen | RunScreen):
                 screen.follow_changed()
+
+
+def _apply(show: Callable[[Any], None], data: Any) -> None:
+    """Show loaded data on a screen; one still composing or already closing skips it (a
+    screen shows the app's latest data when it mounts)."""
+    with contextlib.suppress(NoMatches):
+        show(data)
