@@ -158,6 +158,8 @@ def install_kill(plan: dict[str, Any] | None) -> dict[str, Any]:
     elif point == "git":  # during a snapshot or restore: around one git command
         command = plan["command"]
         _wrap(ShadowRepo, "_run", when, nth, lambda _self, args, **_: args[0] == command)
+    elif point == "scan":  # during a snapshot: around its scan of the tree (two git processes)
+        _wrap(ShadowRepo, "_scan", when, nth)
     elif point == "set_refs":  # the snapshot commit exists; its refs are (not yet) written
         _wrap(ShadowRepo, "_set_refs", when, nth)
     elif point == "ref_lock":  # a ref's lock file is written, not yet renamed into place

@@ -118,8 +118,6 @@ def _trials() -> list[Trial]:
     # during a snapshot: around and during its git commands, before and after its refs
     git_points = [
         ("init", "after", 1),
-        ("ls-files", "before", 1),
-        ("ls-files", "during", 3),
         ("update-index", "during", 2),
         ("update-index", "after", 4),
         ("write-tree", "before", 3),
@@ -129,6 +127,8 @@ def _trials() -> list[Trial]:
     ]
     for cmd, when, n in git_points:
         at(f"git-{cmd}-{when}-{n}", {"point": "git", "command": cmd, "when": when, "n": n})
+    for when, n in (("before", 1), ("during", 3)):  # diff-files and ls-files, side by side
+        at(f"scan-{when}-{n}", {"point": "scan", "when": when, "n": n})
     for when, n in (("before", 2), ("after", 3), ("before", 6)):
         at(f"set-refs-{when}-{n}", {"point": "set_refs", "when": when, "n": n})
     for n in (1, 4):  # a step's ref (odd n) or the head ref (even n) left as a lock file

@@ -555,12 +555,13 @@ def test_the_periodic_stat_refresh_keeps_snapshots_correct(plain: Path, store: P
     shadow._refresh_due = 0.0  # white-box: what happens once a minute
 
     second = shadow.snapshot()
-    assert second.changed == 2
+    assert second.changed == 3  # the touched file is re-read once, its index entry refreshed
     assert shadow.diff(first.commit, second.commit) == [
         Change("M", "a.txt"),
         Change("D", "dir/b.txt"),
     ]
     assert shadow._refresh_due > 0
+    assert shadow.snapshot().changed == 0  # ... and not again
 
 
 # -- isolation from the user's git setup ------------------------------------------------------
