@@ -1,0 +1,45 @@
+"""The table of a saved run as Markdown, for benchmarks/README.md.
+
+python -m benchmarks.markdown                         benchmarks/results/latest.json
+python -m benchmarks.markdown benchmarks/results/goodput.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS
+
+
+def _number(value: float, unit: str) -> str:
+    return f"{value:.3g} {unit}".strip()
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = [
+        f"Run {m.get('when', '?')} on {m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, "
+        f"Python {m.get('python', '?')}, {m.get('git', 'git ?')}.",
+        "",
+    ]
+    lines.append("| benchmark | case | metric | value | floor | target | met |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for f in doc["figures"]:
+        value = _number(f["value"], f["unit"])
+        if f.get("note"):
+            value += f" ({f['note']})"
+        floor = "" if f.get("floor") is None else _number(f["floor"], f["unit"])
+        met = {True: "yes", False: "**no**", None: ""}[f.get("meets")]
+        lines.append(
+            f"| {f['benchmark']} | {f['case']} | {f['metric']} | {value} | {floor} | "
+            f"{f.get('target') or ''} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "latest.json"
+    print(markdown(json.loads(path.read_text())))
