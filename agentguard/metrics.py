@@ -17,6 +17,8 @@ from agentguard.pricing import Price, price_for
 from agentguard.store import Store
 
 OVERLOAD = "(status_code = 529 or error_type = 'overloaded_error')"
+# Rows with no known outcome: still in flight, or cut short by a process that died.
+NO_OUTCOME = "('pending', 'interrupted')"
 WARN_RATE = 0.02  # a 529 rate above 2 % is more than background noise
 ALERT_WINDOW_S = 300.0
 
@@ -115,7 +117,7 @@ def compute(
                    sum({OVERLOAD}) as overloaded,
                    sum(status_code = 429) as rate_limited,
                    sum(outcome = 'ok') as served
-            from attempts where started_at between ? and ? and outcome != 'pending'
+            from attempts where started_at between ? and ? and outcome not in {NO_OUTCOME}
             group by model order by attempts desc""",
         window,
     ):
@@ -133,8 +135,8 @@ def compute(
     m.rate_limited = sum(f.rate_limited for f in m.by_model)
 
     steps = store.query(
-        """select id, status, substituted, latency_ms from steps
-           where started_at between ? and ? and status != 'pending'""",
+        f"""select id, status, substituted, latency_ms from steps
+           where started_at between ? and ? and status not in {NO_OUTCOME}""",
         window,
     )
     m.steps = len(steps)
@@ -147,8 +149,8 @@ def compute(
     m.latency_p99_ms = percentile(latencies, 99)
 
     retried = store.query(
-        """select s.status, s.substituted from steps s
-           where s.started_at between ? and ? and s.status != 'pending'
+        f"""select s.status, s.substituted from steps s
+           where s.started_at between ? and ? and s.status not in {NO_OUTCOME}
              and exists (select 1 from attempts a
                          where a.step_id = s.id and a.outcome = 'retry')""",
         window,
@@ -168,9 +170,9 @@ def compute(
             r["request_id"],
         )
         for r in store.query(
-            """select started_at, run_id, model, status_code, error_type, request_id
+            f"""select started_at, run_id, model, status_code, error_type, request_id
                from attempts where started_at between ? and ?
-                 and outcome not in ('ok', 'pending')
+                 and outcome != 'ok' and outcome not in {NO_OUTCOME}
                order by started_at desc limit ?""",
             [*window, failed_limit],
         )
@@ -242,7 +244,7 @@ def alerts(store: Store, *, until: float, final_failures: int) -> list[Alert]:
 def _overload_rate(store: Store, lo: float, hi: float) -> tuple[float, int]:
     row = store.query(
         f"""select count(*) as n, sum({OVERLOAD}) as o from attempts
-            where started_at > ? and started_at <= ? and outcome != 'pending'""",
+            where started_at > ? and started_at <= ? and outcome not in {NO_OUTCOME}""",
         [lo, hi],
     )[0]
     n, o = row["n"] or 0, row["o"] or 0

@@ -50,7 +50,7 @@ def m001_initial(db: Database) -> None:
             "total_len": int,  # messages in this step's conversation
             "request": str,  # sha of the request blob (system, tools, params)
             "stream": int,
-            "status": str,  # pending | ok | failed | waiting
+            "status": str,  # pending | ok | failed | waiting | interrupted
             "requested_provider": str,
             "requested_model": str,
             "served_provider": str,

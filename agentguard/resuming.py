@@ -184,8 +184,17 @@ def due_runs(store: Store, now: float | None = None) -> list[dict[str, Any]]:
     )
 
 
+# What an in-flight row says once its process is known to be gone: nothing is left pending.
+STEP_CUT = "the agent process ended during this step"
+ATTEMPT_CUT = (
+    "the agent process ended while this attempt was in flight; the request may or may not "
+    "have reached the provider"
+)
+
+
 def mark_interrupted(store: Store) -> list[str]:
-    """Runs still `running` whose process on this machine is gone become `interrupted`."""
+    """Runs still `running` whose process on this machine is gone become `interrupted`, and
+    so do their steps and attempts left `pending` (no answer will ever be recorded for them)."""
     host = socket.gethostname()
     gone = [
         row["id"]
@@ -195,7 +204,19 @@ def mark_interrupted(store: Store) -> list[str]:
         if row["pid"] and not _alive(row["pid"])
     ]
     for run_id in gone:
-        store.update_run(run_id, status="interrupted")
+        with store.write() as db:
+            db["runs"].update(run_id, {"status": "interrupted"})
+            db.conn.execute(
+                "update attempts set outcome = 'interrupted', message = ? "
+                "where step_id in (select id from steps where run_id = ?) "
+                "and outcome = 'pending'",
+                [ATTEMPT_CUT, run_id],
+            )
+            db.conn.execute(
+                "update steps set status = 'interrupted', error = ? "
+                "where run_id = ? and status = 'pending'",
+                [STEP_CUT, run_id],
+            )
     return gone
 
 

@@ -383,15 +383,20 @@ def read_store(home: Path) -> dict[str, Any]:
     return {"integrity": integrity, "runs": runs, "steps": steps, "attempts": attempts}
 
 
+# A row whose process was killed: 'pending' until a later process marks it 'interrupted'.
+CUT_SHORT = ("pending", "interrupted")
+
+
 def check_attempts(attempts: list[dict], requests: list[RecordedRequest], kills: int) -> None:
     """Every request that reached the fake has its attempt row, in order, with its request-id;
-    a row left 'pending' is one whose process died, whether or not its request got out."""
+    a row left 'pending' (or marked 'interrupted' once a later process found its owner gone) is
+    one whose process died, whether or not its request got out."""
     j = 0
     pending = 0
     for i, row in enumerate(attempts):
-        if row["outcome"] == "pending":
+        if row["outcome"] in CUT_SHORT:
             pending += 1
-            later = next((r for r in attempts[i + 1 :] if r["outcome"] != "pending"), None)
+            later = next((r for r in attempts[i + 1 :] if r["outcome"] not in CUT_SHORT), None)
             if j < len(requests) and (
                 later is None or later["request_id"] != requests[j].request_id
             ):
@@ -550,8 +555,8 @@ class Run:
             if step["status"] == "ok":  # a recorded response always has its tree
                 assert step["checkpoint"] and step["response"], step
             else:
-                assert step["status"] == "pending", step  # only a killed process leaves one
-        assert sum(s["status"] == "pending" for s in steps) <= self.kills
+                assert step["status"] in CUT_SHORT, step  # only a killed process leaves one
+        assert sum(s["status"] in CUT_SHORT for s in steps) <= self.kills
         return store
 
     def check_sent_conversations(self, store: dict[str, Any]) -> None:

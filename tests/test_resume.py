@@ -13,7 +13,10 @@ import anthropic
 import pytest
 
 import agentguard
+from agentguard.guard import StepRequest
+from agentguard.metrics import compute
 from agentguard.resuming import due_runs, mark_interrupted
+from agentguard.routes import Route
 from agentguard.store import Store
 from agentguard.testing import ToolCall, Turn, overloaded
 from tests.conftest import API_KEY, storm, user
@@ -184,6 +187,30 @@ def test_a_run_whose_process_died_is_marked_interrupted(home, project):
     assert mark_interrupted(store) == [guard.run_id]
     assert store.get_run(guard.run_id)["status"] == "interrupted"
     guard._closed = True  # its process "died": nothing may mark it completed
+
+
+def test_a_dead_runs_in_flight_step_and_attempt_become_interrupted(home, project):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    guard = agentguard.Guard(project, snapshots=False)
+    route = Route(provider="anthropic", model=MODEL, kind="anthropic", base_url="http://x")
+    request = StepRequest(route=route, messages=[user("hello")], params={"max_tokens": 8})
+    state = guard._checkpoint(request)  # the step row is written, then its attempt ...
+    guard._open_attempt(state, route, 1, guard.clock.now())  # ... and the process dies
+    store = guard.store
+    store.update_run(guard.run_id, pid=int(dead.stdout))
+    assert mark_interrupted(store) == [guard.run_id]
+    [step] = store.steps(guard.run_id)
+    assert step["status"] == "interrupted" and "process ended" in step["error"]
+    [attempt] = store.attempts(step["id"])
+    assert attempt["outcome"] == "interrupted" and "may or may not" in attempt["message"]
+    assert compute(store, since=None, until=guard.clock.now() + 1).attempts == 0  # no outcome
+    assert mark_interrupted(store) == []  # once
+    guard._closed = True
 
 
 def test_a_run_still_running_elsewhere_cannot_be_resumed(fake, home, project):

@@ -421,6 +421,21 @@ def test_a_dead_agent_process_shows_as_interrupted(home):
     assert [(r.status, r.stored_status) for r in page.runs] == [("interrupted", "running")]
 
 
+def test_a_dead_processs_step_in_flight_shows_as_interrupted(home):
+    store = Store.open(home)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    writer = Writer(store)
+    writer.run("deadbeef0001", "crashed", "/tmp/x", "running", NOW, pid=dead.pid)
+    store.update_run("deadbeef0001", hostname=socket.gethostname())
+    writer.step("deadbeef0001", NOW, [(OPUS, None, None, "pending", None, 0)], status="pending")
+    detail = StoreReader(home / DB_NAME).run_detail("deadbeef0001")
+    [step] = detail.steps
+    assert step.status == "interrupted"  # the reader never writes; it shows what resume records
+    assert [a.outcome for a in step.attempts] == ["interrupted"]
+    assert fmt.attempts_summary(step.attempts) == "cut"
+
+
 # -- one run: timeline, banners ----------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
@@ -321,11 +321,18 @@ class StoreReader:
             },
             served,
         )
+        cut = summary.status == "interrupted"  # nothing of a dead process is still in flight
         views = tuple(
             StepView(
-                **{**s, "substituted": bool(s["substituted"]), "status": s["status"] or "pending"},
+                **{
+                    **s,
+                    "substituted": bool(s["substituted"]),
+                    "status": _settled(s["status"] or "pending", cut),
+                },
                 checkpoint_pruned_at=pruned.get(s["checkpoint"]) if s["checkpoint"] else None,
-                attempts=tuple(attempts.get(s["id"], ())),
+                attempts=tuple(
+                    replace(a, outcome=_settled(a.outcome, cut)) for a in attempts.get(s["id"], ())
+                ),
             )
             for s in steps
         )
@@ -339,3 +346,9 @@ class StoreReader:
         with self.reading():
             figures = compute(cast(Store, self), since=since, until=until)
         return MetricsView(window, figures)
+
+
+def _settled(status: str | None, interrupted: bool) -> str | None:
+    """A `pending` row of a run whose process is gone shows as `interrupted`, as
+    `mark_interrupted` records it once a writer next opens the store."""
+    return "interrupted" if interrupted and status == "pending" else status

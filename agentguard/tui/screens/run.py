@@ -52,12 +52,19 @@ ATTEMPT_COLUMNS = (
     Column("outcome", "outcome", 14),
 )
 
-STEP_STYLE = {"ok": "green", "failed": "bold red", "waiting": "bold yellow", "pending": "cyan"}
+STEP_STYLE = {
+    "ok": "green",
+    "failed": "bold red",
+    "waiting": "bold yellow",
+    "pending": "cyan",
+    "interrupted": "bold magenta",
+}
 OUTCOME_STYLE = {
     "ok": "green",
     "retry": "yellow",
     "wait": "yellow",
     "pending": "cyan",
+    "interrupted": "magenta",
 }
 MAX_LISTED = 8  # step numbers named in the run's substitution banner
 
@@ -115,6 +122,12 @@ def step_line(step: StepView) -> tuple[str, str]:
         return f"⏸ step {step.number} queued: {fmt.one_line(step.error)} · {where}", "waiting"
     if step.status == "pending":
         return f"… step {step.number} in flight · attempt {tries} · {where}", "info"
+    if step.status == "interrupted":
+        return (
+            f"✗ step {step.number} interrupted: the agent process ended during attempt {tries}"
+            f" · {where}",
+            "waiting",
+        )
     served = f"{step.served_model} ({step.served_provider})" if step.served_model else fmt.DASH
     slept = f" · slept {fmt.ms(step.slept_ms)}" if step.slept_ms else ""
     return (
