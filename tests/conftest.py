@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,17 @@ ATTEMPTS = PRESETS[DEFAULT_PRESET].max_attempts
 def storm(n: int = ATTEMPTS) -> list[Reply]:
     """Enough 529s in a row to make a step of the default preset leave its route."""
     return [overloaded() for _ in range(n)]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has already exited: an agent that died."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)
 
 
 def git(cwd: Path, *args: str) -> str:

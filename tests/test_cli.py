@@ -21,7 +21,7 @@ from agentguard.cli import main
 from agentguard.clock import FakeClock
 from agentguard.store import Store
 from agentguard.testing import overloaded
-from tests.conftest import ATTEMPTS, git, storm, user
+from tests.conftest import ATTEMPTS, dead_pid, git, storm, user
 
 OPUS, SONNET, HAIKU = "claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5"
 ORIGINAL = "def add(a, b):\n    return a - b\n"
@@ -105,12 +105,6 @@ def failed_run(fake, guarded):
 @pytest.fixture
 def crashed_run(home, project):
     """A `running` run whose process is gone."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     store = Store.open(home)
     store.insert_run(
         {
@@ -120,7 +114,7 @@ def crashed_run(home, project):
             "status": "running",
             "created_at": time.time() - 7200,
             "updated_at": time.time() - 7000,
-            "pid": int(done.stdout),
+            "pid": dead_pid(),
             "hostname": socket.gethostname(),
         }
     )

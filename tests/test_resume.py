@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import anthropic
@@ -19,7 +17,7 @@ from agentguard.resuming import due_runs, mark_interrupted
 from agentguard.routes import Route
 from agentguard.store import Store
 from agentguard.testing import ToolCall, Turn, overloaded
-from tests.conftest import API_KEY, storm, user
+from tests.conftest import API_KEY, dead_pid, storm, user
 
 MODEL = "claude-opus-4-7"
 TOOLS = [{"name": "write_file", "description": "write", "input_schema": {"type": "object"}}]
@@ -175,34 +173,22 @@ def test_waiting_runs_are_due_when_their_time_comes(fake, guarded, home, clock):
 
 
 def test_a_run_whose_process_died_is_marked_interrupted(home, project):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     guard = agentguard.Guard(project, snapshots=False)
     store = guard.store
-    store.update_run(guard.run_id, pid=int(dead.stdout))
+    store.update_run(guard.run_id, pid=dead_pid())
     assert mark_interrupted(store) == [guard.run_id]
     assert store.get_run(guard.run_id)["status"] == "interrupted"
     guard._closed = True  # its process "died": nothing may mark it completed
 
 
 def test_a_dead_runs_in_flight_step_and_attempt_become_interrupted(home, project):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     guard = agentguard.Guard(project, snapshots=False)
     route = Route(provider="anthropic", model=MODEL, kind="anthropic", base_url="http://x")
     request = StepRequest(route=route, messages=[user("hello")], params={"max_tokens": 8})
     state = guard._checkpoint(request)  # the step row is written, then its attempt ...
     guard._open_attempt(state, route, 1, guard.clock.now())  # ... and the process dies
     store = guard.store
-    store.update_run(guard.run_id, pid=int(dead.stdout))
+    store.update_run(guard.run_id, pid=dead_pid())
     assert mark_interrupted(store) == [guard.run_id]
     [step] = store.steps(guard.run_id)
     assert step["status"] == "interrupted" and "process ended" in step["error"]
