@@ -9,8 +9,8 @@ Once a route has answered *only* overload/server errors for `open_after` seconds
 A short blip (shorter than `open_after`) never opens it, so steps keep retrying the primary
 through blips instead of substituting a different model. While a step backs off, the breaker
 row is also how agents hear from each other: an answer to a request sent after the step's own
-failure means the route is back (retry now, `recovered_since`), and a newer failure means it is
-still down (`failed_since`: one more request would only add load).
+failure means the route is back (retry now, `recovered_since`), and a newer failure
+(`last_failure_at`) means it is still down: one more request would only add load.
 
 State lives in the `route_health` table (one row per route). Reads are plain SELECTs (WAL:
 they never wait for a writer); every change is one IMMEDIATE transaction, so concurrent
@@ -194,11 +194,6 @@ class Breaker:
         """Has the route answered a request sent after `sent_at` (by any agent)?"""
         row = self._row(route)
         return bool(row and (row["last_success_sent_at"] or 0) > sent_at)
-
-    def failed_since(self, route: str, at: float) -> bool:
-        """Has a request on the route failed with an overload-type error after `at`?"""
-        row = self._row(route)
-        return bool(row and (row["last_failure_at"] or 0) > at)
 
     # -- what the TUI and errors show --------------------------------------------------------
 

@@ -432,7 +432,8 @@ class Guard:
             health = self.breaker.health(route.key)
             if health.state == "open":
                 return Decision(Action.NEXT_ROUTE, reason=f"{failure.label}: {_BREAKER_OPENED}")
-            if not self.breaker.failed_since(route.key, since) or self._streak_is_due(health):
+            failed_since = (health.last_failure_at or 0) > since  # someone else's, after ours
+            if not failed_since or self._streak_is_due(health):
                 return None
             deferred += 1
             delay = self.policy.backoff(tries, self.rng)
