@@ -664,7 +664,10 @@ class ShadowRepo:
         if attributes.exists():
             return
         env = {k: v for k, v in self._env.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
-        # (on a half-made repository, init fills in what is missing and keeps what is there)
+        # On a half-made repository, init fills in what is missing and keeps what is there; a
+        # lock file a killed init left behind would stop it, and we hold the store's lock.
+        for name in ("HEAD.lock", "config.lock"):
+            (self._git_dir / name).unlink(missing_ok=True)
         self._run(["init", "--quiet", "--bare", "--template=", str(self._git_dir)], env=env)
         config = self._git_dir / "config"
         current = config.read_text(encoding="utf-8")

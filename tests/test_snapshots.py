@@ -218,6 +218,21 @@ def test_the_private_index_is_split_so_a_snapshot_rewrites_only_what_changed(
     assert shadow.read_file(snap.commit, "a.txt") == b"changed\n"
 
 
+def test_a_store_whose_creation_was_killed_midway_is_finished_by_the_next_process(
+    plain: Path, store: Path
+) -> None:
+    # what `git init` leaves when killed while writing HEAD and config: their lock files, and
+    # no info/attributes (written last), so the store is known to be unfinished
+    (store / "repo.git").mkdir(parents=True)
+    (store / "repo.git" / "HEAD.lock").write_text("ref: refs/heads/main\n")
+    (store / "repo.git" / "config.lock").write_text("[core]\n")
+    shadow = ShadowRepo(plain, store)
+    snap = shadow.snapshot()
+    assert shadow.files(snap.commit) == ["a.txt", "dir/b.txt", "dir/sub/c.txt"]
+    assert (store / "repo.git" / "info" / "attributes").exists()
+    assert not list((store / "repo.git").glob("*.lock"))
+
+
 # -- what cannot be stored is reported, and never lost ------------------------------------------
 
 
