@@ -418,10 +418,7 @@ class ShadowRepo:
                 for args in commands
             ]
         except OSError as exc:
-            raise SnapshotError(
-                f"git could not be started ({exc.strerror}); check that git is installed "
-                "and on PATH."
-            ) from None
+            raise _not_started(exc) from None
         outputs = [proc.communicate() for proc in running]
         for args, proc, (_, err) in zip(commands, running, outputs, strict=True):
             if proc.returncode != 0:
@@ -710,10 +707,7 @@ class ShadowRepo:
                 check=False,
             )
         except OSError as exc:
-            raise SnapshotError(
-                f"git could not be started ({exc.strerror}); check that git is installed "
-                "and on PATH."
-            ) from None
+            raise _not_started(exc) from None
         if check and result.returncode != 0:
             raise SnapshotError(_failure(args[0], result.stderr, self._store))
         return result
@@ -768,6 +762,12 @@ def _user_exclude_file(project: Path) -> Path | None:
     except OSError:
         pass
     return git_dir / "info" / "exclude"
+
+
+def _not_started(exc: OSError) -> SnapshotError:
+    return SnapshotError(
+        f"git could not be started ({exc.strerror}); check that git is installed and on PATH."
+    )
 
 
 def _failure(command: str, stderr: bytes, store: Path) -> str:
