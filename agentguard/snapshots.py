@@ -1,10 +1,8 @@
 """Working-tree snapshots in a shadow git store, so a step's tree can be verified and restored.
 
 The store is a bare repository outside the project with its own index file, kept between
-snapshots so that one costs O(changed files). git always runs with GIT_DIR, GIT_WORK_TREE and
-GIT_INDEX_FILE pointing at the store and the project, never at the user's own `.git`, and with
-the caller's GIT_* variables, the user's global and system config, hooks, attribute filters and
-line-ending conversions all switched off, so a snapshot is the project's bytes as they are.
+snapshots so that one costs O(changed files). How git is run on it (hermetic, never on the
+user's own `.git`) is in agentguard.shadow.gitenv; this module is the public import point.
 
     <store_dir>/repo.git     the bare shadow repository (refs/agentguard/head = latest snapshot)
     <store_dir>/index        its private index
@@ -15,19 +13,38 @@ line-ending conversions all switched off, so a snapshot is the project's bytes a
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from agentguard.errors import ProjectError, SnapshotError
+from agentguard.shadow import protect, refs
+from agentguard.shadow.gitenv import (
+    HEAD_REF,
+    STORE_ATTRIBUTES,
+    STORE_CONFIG,
+    failure,
+    git_env,
+    not_started,
+    nul_join,
+    write_atomic,
+)
+from agentguard.shadow.model import (
+    DEFAULT_MAX_FILE_BYTES,
+    NESTED_REPO,
+    TOO_LARGE,
+    Change,
+    RawChange,
+    RestoreResult,
+    SkippedPath,
+    Snapshot,
+)
+from agentguard.shadow.worktree import REPO, obstacle, user_exclude_file
 
 try:  # pragma: no cover - Windows has no fcntl; there only the in-process lock applies
     import fcntl
@@ -44,98 +61,11 @@ __all__ = [
     "Snapshot",
 ]
 
-DEFAULT_MAX_FILE_BYTES = 10 * 1024 * 1024
-HEAD_REF = "refs/agentguard/head"
+# retention.py runs git on the stores the same way.
+_git_env = git_env
+_failure = failure
 
-TOO_LARGE = "too_large"
-NESTED_REPO = "nested_repo"
-
-_REPO, _MISSING, _OTHER = "repo", "missing", "other"
-
-_IDENTITY = {
-    "GIT_AUTHOR_NAME": "agentguard",
-    "GIT_AUTHOR_EMAIL": "agentguard@localhost",
-    "GIT_COMMITTER_NAME": "agentguard",
-    "GIT_COMMITTER_EMAIL": "agentguard@localhost",
-}
-
-# Appended to the shadow repo's own config when it is created. The user's global and system
-# config are never read (GIT_CONFIG_GLOBAL=/dev/null, GIT_CONFIG_NOSYSTEM=1); these make the
-# repo's own behaviour explicit: no hooks, no conversions, no signing, no global excludes.
-_CONFIG = f"""\
-[core]
-\thooksPath = {os.devnull}
-\tautocrlf = false
-\tsafecrlf = false
-\tquotepath = false
-\texcludesFile = {os.devnull}
-\tattributesFile = {os.devnull}
-\tfsmonitor = false
-\tlogAllRefUpdates = false
-[commit]
-\tgpgSign = false
-[agentguard]
-\tlayout = 1
-"""
-
-# $GIT_DIR/info/attributes outranks the project's .gitattributes: store bytes exactly as they
-# are (no eol conversion, no clean/smudge filters such as LFS, no ident, no re-encoding).
-_ATTRIBUTES = "* -text -filter -ident -working-tree-encoding\n"
-
-_ZERO_OID = "0" * 40
 _REFRESH_EVERY_S = 60.0
-# Ref names simple enough to write as files without git's full check-ref-format rules.
-_PLAIN_REF = re.compile(
-    r"refs/(?:[A-Za-z0-9_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*/)+"
-    r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*"
-)
-
-
-@dataclass(frozen=True)
-class SkippedPath:
-    """A path the snapshot deliberately left out, so callers can say so instead of hiding it."""
-
-    path: str  # posix path relative to the project
-    reason: str  # "too_large" | "nested_repo"
-    size: int | None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One commit in the shadow store and what it cost."""
-
-    commit: str
-    tree: str
-    parent: str | None
-    changed: int  # paths added/updated/removed in the private index by this snapshot
-    skipped: tuple[SkippedPath, ...]
-    duration_ms: float
-
-
-@dataclass(frozen=True)
-class Change:
-    """One path that differs between two snapshots (from `a` to `b`)."""
-
-    status: str  # "A" added, "M" modified, "D" deleted, "T" type change
-    path: str
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    """What a restore did, including how to undo it: `restore(result.backup.commit)`."""
-
-    target: str
-    backup: Snapshot
-    changes: tuple[Change, ...]
-    preserved: tuple[str, ...]  # files copied to <store_dir>/preserved/... before being replaced
-
-
-@dataclass(frozen=True)
-class _RawChange:
-    old_mode: str
-    old_oid: str
-    status: str
-    path: bytes
 
 
 class ShadowRepo:
@@ -180,7 +110,7 @@ class ShadowRepo:
         self._git_dir = self._store / "repo.git"
         self._index = self._store / "index"
         self._root = os.fsencode(self._project)
-        self._env = _git_env(self._git_dir, self._project, self._index)
+        self._env = git_env(self._git_dir, self._project, self._index)
         self._synced_exclude: bytes | None = None
         self._last: tuple[str, str] | None = None  # (commit, tree) of our latest snapshot
         self._refresh_due = time.monotonic() + _REFRESH_EVERY_S
@@ -249,7 +179,8 @@ class ShadowRepo:
             keep, preserved = self._protect(raw)
             changes = [c for c in raw if c.path not in keep]
             if changes:
-                tree = self._tree_keeping(target, [c for c in raw if c.path in keep])
+                kept = [c for c in raw if c.path in keep]
+                tree = protect.tree_keeping(self._run, self._env, self._store, target, kept)
                 self._clear_stale_locks()
                 self._last = None  # the index now holds the target, not the head's tree
                 self._run(["read-tree", "-u", "--reset", tree])
@@ -318,16 +249,16 @@ class ShadowRepo:
         skipped: list[SkippedPath] = []
         update: list[bytes] = []
         drop: dict[bytes, None] = {}  # index entries to remove whatever the working tree holds
-        folders: dict[bytes, str] = {}  # cache for _obstacle
+        folders: dict[bytes, str] = {}  # cache for obstacle()
         nested_roots: dict[bytes, None] = {}
         for path, tracked in candidates.items():
             if path.endswith(b"/"):  # ls-files shows an untracked nested repository as "dir/"
                 skipped.append(SkippedPath(os.fsdecode(path[:-1]), NESTED_REPO, None))
                 continue
-            obstacle = self._obstacle(path, folders)
-            if obstacle is not None:
-                kind, folder = obstacle
-                if kind == _REPO:
+            blocked = obstacle(self._root, path, folders)
+            if blocked is not None:
+                kind, folder = blocked
+                if kind == REPO:
                     nested_roots[folder] = None
                 elif tracked:  # its folder is gone or now a file or symlink: git can't stat it
                     drop[path] = None
@@ -364,11 +295,11 @@ class ShadowRepo:
         # (same content, new mtime) stop being re-hashed by each snapshot's scan.
         refresh = ["-q", "--refresh"] if time.monotonic() >= self._refresh_due else []
         if drop:
-            self._run(["update-index", "-z", "--force-remove", "--stdin"], stdin=_nul_join(drop))
+            self._run(["update-index", "-z", "--force-remove", "--stdin"], stdin=nul_join(drop))
         if update or refresh:
             self._run(
                 ["update-index", "-z", *refresh, "--add", "--remove", "--stdin"],
-                stdin=_nul_join(update),
+                stdin=nul_join(update),
             )
             if refresh:
                 self._refresh_due = time.monotonic() + _REFRESH_EVERY_S
@@ -418,69 +349,30 @@ class ShadowRepo:
                 for args in commands
             ]
         except OSError as exc:
-            raise _not_started(exc) from None
+            raise not_started(exc) from None
         outputs = [proc.communicate() for proc in running]
         for args, proc, (_, err) in zip(commands, running, outputs, strict=True):
             if proc.returncode != 0:
-                raise SnapshotError(_failure(args[0], err, self._store))
+                raise SnapshotError(failure(args[0], err, self._store))
         return outputs[0][0], outputs[1][0]
 
     def _set_refs(self, commit: str, parent: str | None, ref: str | None) -> None:
-        """Point the head (and `ref`) at `commit`.
-
-        Plain names are written as loose ref files, the way git's files backend stores them
-        (lock file, then rename), which saves a git process per snapshot; anything unusual
-        goes through `git update-ref`, which validates it.
-        """
-        names = [HEAD_REF] if ref is None else [ref, HEAD_REF]
-        plain = all(_PLAIN_REF.fullmatch(n) and ".lock/" not in f"{n}/" for n in names)
-        if self._loose_refs and plain:
-            try:
-                for name in names:
-                    path = self._git_dir / name
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    lock = path.with_name(f"{path.name}.lock")
-                    lock.write_text(f"{commit}\n", encoding="ascii")
-                    os.replace(lock, path)
-                return
-            except OSError:
-                pass  # e.g. a folder where the ref file should go: let git explain
-        lines = f"update {HEAD_REF} {commit} {parent or _ZERO_OID}\n"
-        if ref is not None:
-            lines += f"update {ref} {commit}\n"
-        self._run(["update-ref", "--stdin"], stdin=lines.encode())
+        """Point the head (and `ref`) at `commit`."""
+        names = refs.ref_names(ref)
+        if (
+            self._loose_refs
+            and refs.are_plain(names)
+            and refs.write_loose(self._git_dir, names, commit)
+        ):
+            return
+        self._run(["update-ref", "--stdin"], stdin=refs.update_script(commit, parent, ref))
 
     def _write_tree(self) -> str:
         return self._run(["write-tree"]).stdout.decode().strip()
 
-    def _obstacle(self, path: bytes, cache: dict[bytes, str]) -> tuple[str, bytes] | None:
-        """The first enclosing folder of `path` that is not a plain folder, and what it is.
-
-        _REPO: a git repository of its own; _MISSING: absent; _OTHER: a file or a symlink.
-        """
-        prefix = b""
-        for part in path.split(b"/")[:-1]:
-            prefix = prefix + b"/" + part if prefix else part
-            kind = cache.get(prefix)
-            if kind is None:
-                full = self._root + b"/" + prefix
-                try:
-                    mode = os.lstat(full).st_mode
-                except OSError:
-                    kind = _MISSING
-                else:
-                    if not stat.S_ISDIR(mode):
-                        kind = _OTHER
-                    else:
-                        kind = _REPO if os.path.lexists(full + b"/.git") else ""
-                cache[prefix] = kind
-            if kind:
-                return kind, prefix
-        return None
-
     def _sync_exclude(self) -> bool:
         """Mirror the user's .git/info/exclude; say whether it changed."""
-        source = _user_exclude_file(self._project)  # looked up each time: `git init` may come later
+        source = user_exclude_file(self._project)  # looked up each time: `git init` may come later
         try:
             wanted = source.read_bytes() if source else b""
         except OSError:
@@ -495,145 +387,37 @@ class ShadowRepo:
         self._synced_exclude = wanted
         if current == wanted:
             return False
-        _write_atomic(target, wanted)
+        write_atomic(target, wanted)
         return True
 
     def _read_head(self) -> str | None:
-        loose = self._git_dir / HEAD_REF
-        try:
-            value = loose.read_text().strip()
-        except OSError:
-            value = ""
-        if len(value) in (40, 64):
-            return value
+        loose = refs.read_loose(self._git_dir, HEAD_REF)
+        if loose is not None:
+            return loose
         result = self._run(["rev-parse", "--verify", "--quiet", HEAD_REF], check=False)
         return result.stdout.decode().strip() or None
 
     # -- restore ----------------------------------------------------------------------------
 
-    def _protect(self, raw: Sequence[_RawChange]) -> tuple[set[bytes], list[str]]:
-        """Decide which changed paths restore must leave alone, and copy aside what it would lose.
-
-        Returns (paths to keep as they are, files copied to the preserved folder).
-        """
-        folders: dict[bytes, str] = {}
-        obstacles = {c.path: self._obstacle(c.path, folders) for c in raw}
-        keep = {path for path, found in obstacles.items() if found and found[0] == _REPO}
-        deleted = {c.path for c in raw if c.status == "D"}
-        added = [c.path for c in raw if c.status == "A" and c.path not in keep]
-
-        # Where a folder must go, a file or symlink the store does not hold (ignored, too large)
-        # would be replaced by git; one the store holds is a deletion git makes anyway.
-        blockers: dict[bytes, bytes] = {}
-        queries: list[bytes] = []
-        for path in added:
-            found = obstacles[path]
-            if found is None or found[0] == _MISSING:
-                queries.append(path)
-            elif found[1] not in deleted:
-                blockers[path] = found[1]
-        ignored = self._ignored([*queries, *dict.fromkeys(blockers.values())])
-
-        to_copy: dict[bytes, None] = {}
-        for path in added:
-            blocker = blockers.get(path)
-            if blocker is not None:
-                if blocker in ignored:
-                    keep.add(path)
-                else:
-                    to_copy[blocker] = None
-                continue
-            if path in ignored:
-                keep.add(path)
-                continue
-            full = self._root + b"/" + path
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                to_copy[path] = None
-            elif _contains_repo(full):
-                keep.add(path)
-            else:  # git would delete this folder to write a file: keep what only it holds
-                inside = _walk_files(full, path)
-                to_copy.update(dict.fromkeys(p for p in inside if p not in deleted))
-        return keep, self._preserve(to_copy)
+    def _protect(self, raw: Sequence[RawChange]) -> tuple[set[bytes], list[str]]:
+        """(paths restore must leave as they are, files it copied aside first)."""
+        keep, to_copy = protect.protect(self._root, raw, self._ignored)
+        return keep, protect.preserve(self._root, self._store, to_copy)
 
     def _ignored(self, paths: Sequence[bytes]) -> set[bytes]:
-        if not paths:
-            return set()
-        # check-ignore takes paths, not pathspecs, and rejects the literal-pathspec switch.
-        env = {k: v for k, v in self._env.items() if k != "GIT_LITERAL_PATHSPECS"}
-        result = self._run(
-            ["check-ignore", "-z", "--stdin"], stdin=_nul_join(paths), check=False, env=env
-        )
-        if result.returncode not in (0, 1):
-            raise SnapshotError(_failure("check-ignore", result.stderr, self._store))
-        return {p for p in result.stdout.split(b"\0") if p}
-
-    def _preserve(self, paths: Iterable[bytes]) -> list[str]:
-        paths = list(paths)
-        if not paths:
-            return []
-        base = self._store / "preserved"
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        folder = base / stamp
-        suffix = 0
-        while folder.exists():
-            suffix += 1
-            folder = base / f"{stamp}-{suffix}"
-        saved: list[str] = []
-        for path in paths:
-            rel = os.fsdecode(path)
-            dest = folder / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                shutil.copy2(os.fsdecode(self._root + b"/" + path), dest, follow_symlinks=False)
-            except OSError as exc:
-                raise SnapshotError(
-                    f"Could not copy {rel} aside before restoring ({exc.strerror}); "
-                    f"free space in {self._store} or move the file yourself and retry."
-                ) from None
-            saved.append(rel)
-        return saved
-
-    def _tree_keeping(self, target: str, kept: Sequence[_RawChange]) -> str:
-        """`target`'s tree, except that kept paths stay as the backup has them."""
-        if not kept:
-            return target
-        scratch = self._store / "index.restore"
-        scratch.unlink(missing_ok=True)
-        Path(f"{scratch}.lock").unlink(missing_ok=True)
-        env = {**self._env, "GIT_INDEX_FILE": str(scratch)}
-        try:
-            self._run(["read-tree", target], env=env)
-            info = b"".join(
-                (
-                    f"{c.old_mode} {c.old_oid}\t".encode()
-                    if c.old_mode != "000000"
-                    else f"0 {_ZERO_OID}\t".encode()
-                )
-                + c.path
-                + b"\0"
-                for c in kept
-            )
-            self._run(["update-index", "-z", "--index-info"], stdin=info, env=env)
-            return self._run(["write-tree"], env=env).stdout.decode().strip()
-        finally:
-            scratch.unlink(missing_ok=True)
+        return protect.ignored(self._run, self._env, self._store, paths)
 
     # -- git plumbing -----------------------------------------------------------------------
 
-    def _diff_raw(self, a: str, b: str) -> list[_RawChange]:
+    def _diff_raw(self, a: str, b: str) -> list[RawChange]:
         out = self._run(["diff-tree", "-r", "-z", "--no-renames", "--raw", a, b]).stdout
         fields = out.split(b"\0")
-        changes: list[_RawChange] = []
+        changes: list[RawChange] = []
         for meta, path in zip(fields[0::2], fields[1::2], strict=False):
             if not meta.startswith(b":"):
                 continue
             old_mode, _new_mode, old_oid, _new_oid, status = meta[1:].decode().split(" ")
-            changes.append(_RawChange(old_mode, old_oid, status[:1], path))
+            changes.append(RawChange(old_mode, old_oid, status[:1], path))
         return changes
 
     def _lookup(self, commit: str) -> str | None:
@@ -669,8 +453,8 @@ class ShadowRepo:
         config = self._git_dir / "config"
         current = config.read_text(encoding="utf-8")
         if "[agentguard]" not in current:
-            _write_atomic(config, (current + _CONFIG).encode())
-        _write_atomic(attributes, _ATTRIBUTES.encode())
+            write_atomic(config, (current + STORE_CONFIG).encode())
+        write_atomic(attributes, STORE_ATTRIBUTES.encode())
 
     def _clear_stale_locks(self) -> None:
         # We hold the store's lock, so any git lock file left here is from a killed process.
@@ -707,93 +491,7 @@ class ShadowRepo:
                 check=False,
             )
         except OSError as exc:
-            raise _not_started(exc) from None
+            raise not_started(exc) from None
         if check and result.returncode != 0:
-            raise SnapshotError(_failure(args[0], result.stderr, self._store))
+            raise SnapshotError(failure(args[0], result.stderr, self._store))
         return result
-
-
-def _git_env(git_dir: Path, project: Path, index: Path) -> dict[str, str]:
-    """The caller's environment minus every GIT_* variable, plus ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(
-        GIT_DIR=str(git_dir),
-        GIT_WORK_TREE=str(project),
-        GIT_INDEX_FILE=str(index),
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL=os.devnull,
-        GIT_ATTR_NOSYSTEM="1",
-        GIT_OPTIONAL_LOCKS="0",
-        GIT_TERMINAL_PROMPT="0",
-        GIT_LITERAL_PATHSPECS="1",
-        GIT_NO_REPLACE_OBJECTS="1",
-        LC_ALL="C",
-        LANGUAGE="C",
-        **_IDENTITY,
-        # A split index (version 4) keeps the private index cheap to rewrite in large trees:
-        # each snapshot writes only the entries that changed, not all of them (git ≥ 2.31 reads
-        # these; an older git ignores them and is merely slower).
-        GIT_CONFIG_COUNT="2",
-        GIT_CONFIG_KEY_0="core.splitIndex",
-        GIT_CONFIG_VALUE_0="true",
-        GIT_CONFIG_KEY_1="index.version",
-        GIT_CONFIG_VALUE_1="4",
-    )
-    return env
-
-
-def _user_exclude_file(project: Path) -> Path | None:
-    """The project's own info/exclude, found without running git on the user's repository."""
-    dot_git = project / ".git"
-    try:
-        if dot_git.is_dir():
-            return dot_git / "info" / "exclude"
-        if not dot_git.is_file():
-            return None
-        line = dot_git.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
-    if not line.startswith("gitdir:"):
-        return None
-    git_dir = (project / line.removeprefix("gitdir:").strip()).resolve()
-    try:  # a linked worktree keeps info/ in the common directory
-        common = (git_dir / "commondir").read_text(encoding="utf-8").strip()
-        git_dir = (git_dir / common).resolve()
-    except OSError:
-        pass
-    return git_dir / "info" / "exclude"
-
-
-def _not_started(exc: OSError) -> SnapshotError:
-    return SnapshotError(
-        f"git could not be started ({exc.strerror}); check that git is installed and on PATH."
-    )
-
-
-def _failure(command: str, stderr: bytes, store: Path) -> str:
-    lines = stderr.decode(errors="replace").strip().splitlines()
-    detail = lines[0] if lines else "no error output"
-    return f"git {command} failed in the shadow store {store}: {detail}"
-
-
-def _nul_join(paths: Iterable[bytes]) -> bytes:
-    return b"".join(p + b"\0" for p in paths)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _contains_repo(folder: bytes) -> bool:
-    return any(".git" in dirs or ".git" in files for _, dirs, files in os.walk(os.fsdecode(folder)))
-
-
-def _walk_files(folder: bytes, rel: bytes) -> Iterator[bytes]:
-    """Every non-directory under `folder`, as project-relative paths."""
-    for dirpath, dirs, files in os.walk(folder):
-        base = rel + dirpath[len(folder) :]
-        yield from (base + b"/" + name for name in files)
-        yield from (base + b"/" + d for d in dirs if os.path.islink(os.path.join(dirpath, d)))
