@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import threading
+import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlite_utils import Database
 
@@ -25,7 +29,6 @@ from agentguard.migrations import KNOWN, migrations
 
 DB_NAME = "agentguard.db"
 BUSY_TIMEOUT_S = 30.0
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 COMPRESS_FROM = 512  # bytes of JSON
 
 
@@ -35,26 +38,31 @@ def dumps(value: Any) -> str:
 
 
 class Store:
-    """One connection to the store, safe to share between the threads of one process."""
+    """A handle on the store, safe to share between the threads of one process.
+
+    Every handle on one database file in a process shares one SQLite connection (see
+    `_Shared`): a second connection's open/close, or any descriptor of ours on the file, would
+    drop the POSIX locks of the first, and another process would then delete the -wal file it
+    still writes into."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         ensure_home(self.path.parent)
-        _check_is_sqlite(self.path)
-        _create_private(self.path)
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self.db = Database(conn)
-            self._lock = threading.RLock()
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise _corrupt(self.path, exc) from None
+        self._shared = _acquire(self.path)
+        self._closed = False
+
+    @property
+    def db(self) -> Database:
+        self._check_open()
+        return self._shared.db
+
+    @property
+    def _lock(self) -> threading.RLock:
+        return self._shared.lock
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"This handle on {self.path} was closed; open the store again.")
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None) -> Store:
@@ -66,28 +74,10 @@ class Store:
         return self.path.parent
 
     def close(self) -> None:
-        self.db.conn.close()
-
-    def _migrate(self) -> None:
-        with self._lock:
-            applied = {m.name for m in migrations.applied(self.db)}
-            unknown = applied - set(KNOWN)
-            if unknown:
-                raise StoreError(
-                    f"The database {self.path} was written by a newer agentguard "
-                    f"(schema {sorted(unknown)[-1]}); upgrade agentguard to read it."
-                )
-            if len(applied) == len(KNOWN):
-                return
-            for _ in range(3):  # another process may be migrating the same file right now
-                try:
-                    with self.write():
-                        migrations.apply(self.db)
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "already exists" not in str(exc):
-                        raise
-            migrations.apply(self.db)
+        """Let go of this handle; the connection closes with the process's last handle."""
+        if not self._closed:
+            self._closed = True
+            _release(self._shared)
 
     @contextmanager
     def write(self) -> Iterator[Database]:
@@ -255,24 +245,156 @@ def unpack(value: str | bytes) -> str:
     return zlib.decompress(value).decode() if isinstance(value, bytes) else value
 
 
-def _check_is_sqlite(path: Path) -> None:
-    """Refuse a file that is not SQLite before SQLite gets a chance to misread it."""
+# -- one connection per database file per process ------------------------------------------------
+
+
+@dataclass
+class _Shared:
+    """The process's one connection to a database file, and how many handles use it."""
+
+    key: str
+    path: Path
+    db: Database
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    users: int = 1
+
+
+_OPEN: dict[str, _Shared] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _forget_inherited() -> None:
+    """A forked child must never use (or close) its parent's connections: it opens its own.
+    The inherited objects are left alone; closing them here could checkpoint the parent's WAL."""
+    global _OPEN_LOCK
+    _OPEN.clear()
+    _OPEN_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
+
+
+def _acquire(path: Path) -> _Shared:
+    key = os.path.realpath(path)
+    with _OPEN_LOCK:
+        shared = _OPEN.get(key)
+        if shared is None:
+            shared = _OPEN[key] = _Shared(key, path, _connect(path))
+            return shared
+        shared.users += 1
     try:
-        with path.open("rb") as handle:
-            header = handle.read(len(_SQLITE_MAGIC))
-    except FileNotFoundError:
+        with shared.lock:  # a newer agentguard may have migrated the file since
+            _check_schema(shared.db, path)
+    except BaseException:
+        _release(shared)
+        raise
+    return shared
+
+
+def _release(shared: _Shared) -> None:
+    with _OPEN_LOCK:
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        if _OPEN.get(shared.key) is shared:
+            del _OPEN[shared.key]
+        shared.db.conn.close()
+
+
+def _connect(path: Path) -> Database:
+    """Open, configure and migrate the one connection. Only SQLite opens the file once it
+    exists; a new file is first created 0600 (WAL files inherit its mode) while this process
+    has no connection to it, so that descriptor's close drops no lock of ours."""
+    if not path.exists():
+        _create_private(path)
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        db = Database(conn)
+        _while_busy(path, lambda: _configure(conn))
+        _while_busy(path, lambda: _migrate(db, path))
+        return db
+    except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        raise _diagnose(path, exc) from None
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":  # another process held the file: SQLite kept the old mode
+        raise sqlite3.OperationalError("database is locked (journal mode not yet WAL)")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _check_schema(db: Database, path: Path) -> set[str]:
+    """The migrations applied to the file; refuses one written by a newer agentguard."""
+    applied = {m.name for m in migrations.applied(db)}
+    unknown = applied - set(KNOWN)
+    if unknown:
+        raise StoreError(
+            f"The database {path} was written by a newer agentguard "
+            f"(schema {sorted(unknown)[-1]}); upgrade agentguard to read it."
+        )
+    return applied
+
+
+def _migrate(db: Database, path: Path) -> None:
+    if len(_check_schema(db, path)) == len(KNOWN):
         return
-    except OSError as exc:
-        raise StoreError(f"agentguard cannot read its database {path} ({exc.strerror}).") from None
-    if header and header != _SQLITE_MAGIC:
-        raise _corrupt(path, None)
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it done
+    try:
+        migrations.apply(db)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _while_busy(path: Path, action: Callable[[], None]) -> None:
+    """Run `action`, waiting out another process's lock: a busy file is never 'damaged'.
+
+    SQLite's busy handler does not cover every case (changing the journal mode of a file
+    another connection is creating, a lock held across a schema change)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"The agentguard database {path} has been locked by another process for "
+                    f"{BUSY_TIMEOUT_S:.0f} s ({exc}); stop the process that holds it, or try "
+                    "again."
+                ) from None
+            time.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, 0.2)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def _create_private(path: Path) -> None:
-    """Create the database file readable by its owner alone (WAL files inherit the mode)."""
+    """Create the database file readable by its owner alone; someone else's new file is fine."""
     try:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return
     except OSError as exc:
         raise StoreError(
             f"agentguard cannot create its database {path} ({exc.strerror}); "
@@ -280,9 +402,40 @@ def _create_private(path: Path) -> None:
         ) from None
 
 
-def _corrupt(path: Path, exc: Exception | None) -> StoreError:
-    detail = f" ({exc})" if exc else ""
+def _diagnose(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    """What to tell the user when SQLite refused the file. Moving the database aside throws away
+    every run in it, so that advice comes only after a fresh connection's integrity check has
+    failed, with what the check reported."""
+    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc).lower():
+        return StoreError(
+            f"agentguard cannot open its database {path} ({exc}); "
+            "set AGENTGUARD_HOME to a writable folder."
+        )
+    report = integrity_report(path)
+    if report == "ok":
+        return StoreError(
+            f"agentguard could not use its database {path} ({exc}), but SQLite's integrity "
+            "check of the file passes; nothing was moved: try again, and report it if it "
+            "keeps happening."
+        )
     return StoreError(
-        f"The agentguard database {path} is damaged or not a database{detail}; "
-        f"move it aside (mv {path} {path}.bad) and agentguard will start a new one."
+        f"The agentguard database {path} is damaged or not a database (SQLite's integrity "
+        f"check: {report}); move it aside (mv {path} {path}.bad) and agentguard will start a "
+        "new one."
     )
+
+
+def integrity_report(path: Path) -> str:
+    """`PRAGMA integrity_check` of the file on a fresh read-only connection, in one line."""
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    try:
+        rows = [str(row[0]) for row in conn.execute("PRAGMA integrity_check(5)")]
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return "; ".join(rows) if rows else "no answer"

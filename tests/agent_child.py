@@ -259,6 +259,9 @@ def run_agent(job: dict[str, Any]) -> int:
         "breaker": BreakerSettings(open_after=600.0, min_failures=10_000),
         "budget": BudgetSettings(min_retries=100_000),
     }
+    second = None
+    if job.get("two_clients"):  # a second guarded client in this process: a second store handle
+        second = agentguard.wrap(client, project=project, home=home, **options)
     if job.get("resume"):
         run = agentguard.resume(job["resume"], home=home)
         guarded = run.wrap(client, **options)
@@ -295,14 +298,39 @@ def run_agent(job: dict[str, Any]) -> int:
         }
         blocks = _ask(guarded, mode, request)
         steps += 1
+        if second is not None:
+            _read_elsewhere(home)
         messages.append({"role": "assistant", "content": blocks})
         calls = [(b["name"], b["input"], b["id"]) for b in blocks if b["type"] == "tool_use"]
         finished = not calls
         if calls:
             execute(calls)
     guarded.close()
+    if second is not None:
+        second.agentguard.close()
     _write_json(Path(job["result"]), {"run_id": guarded.run_id, "steps": steps})
     return 0
+
+
+READER = """
+import sys, types
+pkg = types.ModuleType("agentguard")  # the store alone: `import agentguard` loads the SDKs
+pkg.__path__ = [sys.argv[1]]
+sys.modules["agentguard"] = pkg
+from agentguard.store import Store
+store = Store.open(sys.argv[2])
+store.query("select count(*) from runs")
+store.close()
+"""
+
+
+def _read_elsewhere(home: str) -> None:
+    """Another process opens, reads and closes the store (`agentguard runs`, a metrics scrape):
+    if this process's locks had been dropped, it would delete the -wal file we write into."""
+    import subprocess
+
+    package = str(Path(__file__).resolve().parents[1] / "agentguard")
+    subprocess.run([sys.executable, "-c", READER, package, home], check=True)
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -260,17 +260,9 @@ def test_real_processes_share_at_most_one_probe_per_cooldown(db_home: Path) -> N
         sys.modules["agentguard"] = pkg
         from agentguard.breaker import Admission, Breaker, BreakerSettings
         from agentguard.clock import SystemClock
-        from agentguard.errors import StoreError
         from agentguard.store import Store
 
-        for attempt in range(50):
-            try:  # home.ensure_home's shared ".write-test" file races between processes
-                store = Store({str(db_home / DB_NAME)!r})
-                break
-            except StoreError:
-                if attempt == 49:
-                    raise
-                time.sleep(0.01)
+        store = Store({str(db_home / DB_NAME)!r})
         breaker = Breaker(store, SystemClock(), BreakerSettings(cooldown={cooldown}))
         print("ready", flush=True)
         start, end = map(float, sys.stdin.readline().split())

@@ -84,6 +84,7 @@ class Trial:
     # recorded response; "unanswered": the killed step, to be sent again).
     in_flight: str | None = None
     resumes: str | None = None
+    two_clients: bool = False  # a second wrap() in the agent, and a reader process each step
 
     def __str__(self) -> str:
         return f"{self.name} (seed {self.seed})"
@@ -151,6 +152,31 @@ def _trials() -> list[Trial]:
     trials += [
         Trial(f"random-{i}", seed=SEEDS + 2000 + i, at_random=True, carry_on=i % 3 == 1)
         for i in range(16)
+    ]
+    # Two guarded clients in one agent process (two store handles), and another process that
+    # opens, reads and closes the store after every step: killed, nothing committed is lost.
+    two = {"two_clients": True}
+    trials += [
+        Trial(
+            "two-clients-after-finish-3",
+            seed=SEEDS + 3000,
+            carry_on=True,
+            **two,
+            kill={"point": "after_finish", "n": 3},
+            in_flight="none",
+            resumes="answered",
+        ),
+        Trial("two-clients-mid-call-4", seed=SEEDS + 3001, mid_call=4, in_flight="sent", **two),
+        *(
+            Trial(
+                f"two-clients-random-{i}",
+                seed=SEEDS + 3100 + i,
+                at_random=True,
+                carry_on=i == 0,
+                **two,
+            )
+            for i in range(3)
+        ),
     ]
     return trials
 
@@ -513,6 +539,7 @@ class Run:
         )
         self.marker = job["marker"]
         job["resume"] = resume
+        job["two_clients"] = self.trial.two_clients
         if self.generation == 1 and self.trial.kill:
             job["kill"] = self.trial.kill
         if self.generation == 2 and self.trial.then:
@@ -541,8 +568,10 @@ class Run:
     def check_store(self) -> dict[str, Any]:
         store = read_store(self.home)
         assert store["integrity"] == "ok", store["integrity"]
-        if store["runs"]:  # the newest; an older one can only be a run killed before its steps
-            runs = sorted(store["runs"], key=lambda r: r["created_at"])
+        if store["runs"]:  # the newest with steps; any other is a run killed before its steps
+            # (or the idle second client of a two-clients trial)
+            stepped = {s["run_id"] for s in store["steps"]}
+            runs = sorted(store["runs"], key=lambda r: (r["id"] in stepped, r["created_at"]))
             self.run_id = runs[-1]["id"]
             assert not [s for s in store["steps"] if s["run_id"] != self.run_id], runs
         ids = {row["id"] for row in store["attempts"]}

@@ -1,7 +1,7 @@
 """The watch app: a live view over a store that other processes write.
 
-One read-only connection; one poll worker at a time. Each poll reads `PRAGMA data_version`
-(it changes only when another connection commits) and, when it changed — or when the view
+One read-only view of the store; one poll worker at a time. Each poll reads the store's
+version (it changes only when something was committed) and, when it changed — or when the view
 asked for fresh data, or every `tick_interval` so ages and dead processes show — loads what
 the open screens need and posts it. The next poll is armed only when the last one finished,
 so polls never overlap. Handlers on the UI thread own every widget update.

@@ -1,8 +1,9 @@
 """Read-only queries over the store, returning plain dataclasses (no widgets, no Textual).
 
-The watch app reads through one read-only connection (`mode=ro` URI, the file is in WAL mode
-so it never blocks the agents writing to it). `PRAGMA data_version` on that connection changes
-exactly when another connection commits, so polling it is how the app notices new rows. Every
+The watch app reads through the process's one connection to the store, with `query_only` on
+(the file is in WAL mode, so reading never blocks the agents writing to it). `PRAGMA
+data_version` changes exactly when another connection commits, and the connection's
+`total_changes` when this process commits, so polling both is how the app notices new rows. Every
 load runs inside one read transaction, so a view never mixes two moments of the store.
 """
 
@@ -11,13 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote
 
 from agentguard.errors import StoreError
 from agentguard.home import project_key
@@ -129,7 +128,8 @@ class MetricsView:
 
 
 class StoreReader:
-    """A read-only connection to the store, shared by the app's worker threads."""
+    """Read-only queries over the process's one connection to the store (see `Store`),
+    shared by the app's worker threads; every query runs with `query_only` on."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -138,17 +138,9 @@ class StoreReader:
                 f"No agentguard database at {self.path}; run an agent with agentguard.wrap() "
                 "first, or pass the right file with --db."
             )
-        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
-        try:
-            self._conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0
-            )
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA query_only = 1")
-            self._conn.execute("select count(*) from sqlite_master").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"agentguard cannot read the database {self.path} ({exc}).") from None
-        self._lock = threading.RLock()
+        self._store = Store(self.path)
+        self._conn = self._store.db.conn
+        self._lock = self._store._lock
         self._host = socket.gethostname()
 
     @property
@@ -156,37 +148,47 @@ class StoreReader:
         return self.path.parent
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._store.close()
 
     # -- primitives ---------------------------------------------------------------------------
 
     def data_version(self) -> int:
-        """Changes whenever another connection has committed since the last call."""
+        """Changes whenever a commit has happened since the last call: another connection's
+        (`PRAGMA data_version`) or this process's own on the shared connection."""
         with self._lock:
-            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            return (int(version) << 64) + self._conn.total_changes
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(row) for row in self._conn.execute(sql, params)]
+        with self.reading():
+            cursor = self._conn.execute(sql, params)
+            names = [d[0] for d in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows as sqlite3.Row (no dict per row: the runs page reads hundreds every poll)."""
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        with self.reading():
+            cursor = self._conn.cursor()
+            cursor.row_factory = sqlite3.Row
+            return cursor.execute(sql, params).fetchall()
 
     @contextmanager
     def reading(self) -> Iterator[None]:
-        """One read transaction: every query inside sees the same moment of the store."""
+        """One read transaction: every query inside sees the same moment of the store, and
+        none of them can write."""
         with self._lock:
             if self._conn.in_transaction:
                 yield
                 return
-            self._conn.execute("BEGIN")
+            self._conn.execute("PRAGMA query_only = 1")
             try:
-                yield
+                self._conn.execute("BEGIN")
+                try:
+                    yield
+                finally:
+                    self._conn.execute("COMMIT")
             finally:
-                self._conn.execute("COMMIT")
+                self._conn.execute("PRAGMA query_only = 0")
 
     # -- runs ---------------------------------------------------------------------------------
 
