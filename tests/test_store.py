@@ -39,7 +39,8 @@ def test_a_file_that_is_not_a_database_is_refused_and_kept(tmp_path: Path) -> No
     home.mkdir()
     bogus = home / DB_NAME
     bogus.write_bytes(b"this is my shopping list, not a database\n" * 20)
-    with pytest.raises(StoreError, match=r"damaged or not a database \(SQLite.s integrity check: .*\); move it aside \(mv ") as e:
+    advice = r"damaged or not a database \(SQLite.s integrity check: .*\); move it aside \(mv "
+    with pytest.raises(StoreError, match=advice) as e:
         Store.open(home)
     assert "\n" not in str(e.value)
     assert bogus.read_bytes().startswith(b"this is my shopping list")
