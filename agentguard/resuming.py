@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentguard.errors import ProjectError, RunNotFound, SnapshotError
-from agentguard.home import project_key
+from agentguard.errors import ProjectError, RunBusy, RunNotFound, SnapshotError
 from agentguard.snapshots import RestoreResult, ShadowRepo
 from agentguard.store import Store
 
@@ -80,15 +79,16 @@ def resume(
 ) -> ResumedRun:
     """Bring back a run's last consistent (conversation, tree) pair.
 
-    The working tree is restored to that checkpoint (after snapshotting the current tree, so
-    the restore can be undone); `restore=False` leaves the tree alone.
+    Refuses (RunBusy) a run another live process still drives, before touching anything. The
+    working tree is restored to that checkpoint (after snapshotting the current tree, recorded
+    as the run's `backup`, so `agentguard restore RUN --undo` undoes it); `restore=False`
+    leaves the tree alone. `project=NEW`: the run moved there — from now on it is the run's
+    folder (its snapshots are copied into that folder's shadow store).
     """
+    from agentguard.restoring import move_project, rewind, shadow_dir
+
     store = store or Store.open(home)
-    run = store.get_run(run_id)
-    if run is None:
-        raise RunNotFound(
-            f"No run {run_id!r} in {store.path}; list the runs with `agentguard runs`."
-        )
+    run = ensure_not_live(store, run_id, "resuming it")  # before anything is touched
     folder = Path(project) if project is not None else Path(run["project"])
     if not folder.is_dir():
         raise ProjectError(
@@ -98,13 +98,16 @@ def resume(
     steps = store.steps(run_id)
     if not steps:
         raise RunNotFound(f"Run {run_id} has no steps yet, so there is nothing to resume.")
-    shadow = ShadowRepo(folder, store.home / "shadow" / project_key(Path(run["project"])))
+    if project is not None:  # the run lives there now: diff, restore, show and its next steps
+        run = move_project(store, run, folder)
+    shadow = ShadowRepo(folder, shadow_dir(store, run))
     step, checkpoint = _last_consistent(steps, run_id, shadow)
     messages = store.conversation(step["id"])
     response = _recorded_response(step)
     if response is not None:
         messages.append(_assistant_message(step["requested_provider"], response))
     restored = None
+    now = time.time()
     if restore and checkpoint is not None:
         if not shadow.has_commit(checkpoint):
             raise SnapshotError(
@@ -112,7 +115,7 @@ def resume(
                 "missing from the shadow store (pruned by gc?); resume with --no-restore to "
                 "keep the working tree as it is."
             )
-        restored = shadow.restore(checkpoint)
+        restored = rewind(store, run, shadow, checkpoint, step_id=step["id"], now=now)
     store.insert_event(
         run_id,
         "resume_prepared",
@@ -124,7 +127,7 @@ def resume(
             "pid": os.getpid(),
             "host": socket.gethostname(),
         },
-        at=time.time(),
+        at=now,
         step_id=step["id"],
     )
     return ResumedRun(
@@ -218,6 +221,29 @@ def mark_interrupted(store: Store) -> list[str]:
                 [STEP_CUT, run_id],
             )
     return gone
+
+
+def ensure_not_live(store: Store, run_id: str, doing: str = "touching it") -> dict[str, Any]:
+    """The run's row, once it is known that no other live process drives it (else RunBusy).
+
+    The one check before anything rewrites a run's tree or takes it over (`resume()`, the CLI's
+    `resume` and `restore`, the TUI's restore): runs whose process on this machine is gone are
+    marked `interrupted` first; a run still `running` in another process — alive here, or on
+    another machine, where it cannot be checked — is refused.
+    """
+    mark_interrupted(store)
+    run = store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(
+            f"No run {run_id!r} in {store.path}; list the runs with `agentguard runs`."
+        )
+    ours = run["pid"] == os.getpid() and run["hostname"] in (None, socket.gethostname())
+    if run["status"] == "running" and not ours:
+        raise RunBusy(
+            f"Run {run_id} is still running in process {run['pid']} on {run['hostname']}; "
+            f"stop that agent before {doing}."
+        )
+    return run
 
 
 def _alive(pid: int) -> bool:

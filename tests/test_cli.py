@@ -245,8 +245,9 @@ def test_show_a_waiting_run_gives_its_next_attempt(capsys, fake, guarded, clock)
 
 
 def test_diff_between_steps_and_against_the_working_tree(capsys, edited_run, project):
-    code, out, _ = cli(capsys, "diff", edited_run, "--step", "2")
-    assert code == 0
+    # step 1's tools (the edit between the steps): checkpoint 1 → checkpoint 2
+    code, out, _ = cli(capsys, "diff", edited_run, "--step", "1")
+    assert code == 0 and "step 1" in out and "→ step 2" in out
     assert "M app.py" in out and "A notes.txt" in out and "2 paths changed" in out
 
     doc = cli_json(capsys, "diff", edited_run, "--step", "1", "--to", "2", "--patch")
@@ -257,10 +258,9 @@ def test_diff_between_steps_and_against_the_working_tree(capsys, edited_run, pro
     assert "-    return a - b\n+    return a + b\n" in doc["patch"]
     assert "+++ b/notes.txt" in doc["patch"]
 
-    first = cli_json(capsys, "diff", edited_run, "--step", "1")  # no earlier checkpoint
-    assert first["from"]["commit"] is None and "first checkpoint" in first["from"]["label"]
-    assert {c["path"] for c in first["changes"]} == {"app.py", ".gitignore"}
-    assert {c["status"] for c in first["changes"]} == {"A"}
+    last = cli_json(capsys, "diff", edited_run, "--step", "2")  # the newest step: → the tree now
+    assert last["from"]["label"] == "step 2" and last["to"]["commit"] is None
+    assert last["to"]["label"] == "working tree" and last["changes"] == []
 
     (project / "app.py").write_text("def add(a, b):\n    return b + a\n")
     (project / "notes.txt").unlink()
@@ -421,7 +421,7 @@ def test_gc_dry_run_then_for_real(capsys, edited_run, project, home):
     doc = cli_json(capsys, "gc", "--max-age-days", "0", "--keep-runs", "0", "--dry-run")
     assert doc["dry_run"] is True and doc["runs_pruned"] == [edited_run]
     assert "dry run" in doc["summary"] and doc["projects"] == 1
-    code, out, _ = cli(capsys, "diff", edited_run, "--step", "2")  # still all there
+    code, out, _ = cli(capsys, "diff", edited_run, "--step", "1")  # still all there
     assert code == 0 and "M app.py" in out
 
     code, out, err = cli(capsys, "gc", "--max-age-days", "0", "--keep-runs", "0")

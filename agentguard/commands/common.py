@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from rich import box
@@ -24,11 +22,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agentguard.errors import AgentGuardError, ProjectError, RunBusy, SnapshotError
-from agentguard.home import project_key
+from agentguard.errors import AgentGuardError
+from agentguard.restoring import (  # noqa: F401 - the commands' shared helpers live there
+    checkpoint_of,
+    open_shadow,
+    record_backup,
+    require_commit,
+    shadow_dir,
+    step_by_number,
+    step_ref,
+)
 from agentguard.resuming import mark_interrupted
-from agentguard.snapshots import ShadowRepo
-from agentguard.store import Store, dumps
+from agentguard.store import Store
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -126,103 +131,6 @@ def find_run(store: Store, given: str) -> dict[str, Any]:
             "as listed by `agentguard runs`."
         )
     raise Refused(f"No run {given!r} in {store.path}; list the runs with `agentguard runs`.")
-
-
-def check_not_busy(run: dict[str, Any], doing: str = "rewinding its working tree") -> None:
-    """Refuse to touch a run an agent is still driving in another live process."""
-    if run["status"] == "running" and run["pid"] and run["pid"] != os.getpid():
-        raise RunBusy(
-            f"Run {run['id']} is still running in process {run['pid']} on {run['hostname']}; "
-            f"stop that agent before {doing}."
-        )
-
-
-def shadow_dir(store: Store, run: dict[str, Any]) -> Path:
-    return store.home / "shadow" / project_key(Path(run["project"]))
-
-
-def open_shadow(store: Store, run: dict[str, Any], project: Path | None = None) -> ShadowRepo:
-    """The run's shadow store, refusing (without creating anything) when it cannot be used."""
-    folder = project if project is not None else Path(run["project"])
-    if not folder.is_dir():
-        raise ProjectError(
-            f"Run {run['id']}'s project folder {folder} no longer exists; move it back "
-            f"(or continue the run elsewhere with `agentguard resume {run['id']} --project DIR`)."
-        )
-    where = shadow_dir(store, run)
-    if not (where / "repo.git" / "HEAD").is_file():
-        raise Refused(
-            f"Run {run['id']} has no shadow store at {where}; it ran with snapshots off, "
-            "or its snapshots were removed, so there is no working tree to compare or restore."
-        )
-    return ShadowRepo(folder, where)
-
-
-def step_ref(run_id: str, number: int) -> str:
-    return f"refs/agentguard/runs/{run_id}/steps/{number}"
-
-
-def checkpoint_of(shadow: ShadowRepo, run_id: str, step: dict[str, Any]) -> str | None:
-    """A step's checkpoint: recorded in the store, or found by its ref (finished after a crash)."""
-    return step["checkpoint"] or shadow.resolve_ref(step_ref(run_id, step["number"]))
-
-
-def require_commit(
-    store: Store,
-    shadow: ShadowRepo,
-    commit: str,
-    what: str,
-    *,
-    hint: str = "pick another step or snapshot that still exists",
-) -> None:
-    """Refuse when the shadow store no longer holds `commit` (saying why when gc pruned it)."""
-    if shadow.has_commit(commit):
-        return
-    from agentguard.retention import pruned_message
-
-    rows = store.query(
-        "select pruned_at from snapshots where commit_sha = ? and pruned_at is not null", [commit]
-    )
-    why = f"{pruned_message(rows[0]['pruned_at'])}" if rows else "it may have been pruned"
-    raise SnapshotError(
-        f"{what} ({commit[:12]}) is missing from the shadow store {shadow.store_dir} ({why}); "
-        f"{hint}."
-    )
-
-
-def step_by_number(steps: list[dict[str, Any]], run_id: str, number: int) -> dict[str, Any]:
-    for step in steps:
-        if step["number"] == number:
-            return step
-    last = steps[-1]["number"] if steps else 0
-    have = f"steps 1–{last}" if last > 1 else ("step 1" if last else "no steps")
-    raise Refused(f"Run {run_id} has no step {number} (it has {have}); pick one of those.")
-
-
-def record_backup(
-    store: Store,
-    run: dict[str, Any],
-    snap: Any,
-    *,
-    step_id: int | None,
-    project: Path,
-    now: float,
-) -> None:
-    """Keep a backup findable (and owned by its run, so gc treats it like its checkpoints)."""
-    store.insert_snapshot(
-        {
-            "commit_sha": snap.commit,
-            "project": str(project),
-            "run_id": run["id"],
-            "step_id": step_id,
-            "kind": "backup",
-            "created_at": now,
-            "tree": snap.tree,
-            "changed": snap.changed,
-            "skipped": dumps([s.__dict__ for s in snap.skipped]),
-            "duration_ms": snap.duration_ms,
-        }
-    )
 
 
 # -- formatting ------------------------------------------------------------------------------

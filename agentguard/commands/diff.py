@@ -1,9 +1,10 @@
 """`agentguard diff RUN`: what the working tree changed between checkpoints, or since the last.
 
-Checkpoint N is taken just before step N's model call, so `--step N` (checkpoint N-1 → N) shows
-what the agent did with step N-1's answer; step 1 has no earlier checkpoint, so its files are
-listed as added. The patch is built from the shadow store's blobs (and the files on disk for the
-working tree), so neither the project's `.git` nor git's own diff config is involved.
+Checkpoint N is taken just before step N's model call, so `--step N` (checkpoint N → the next
+checkpoint; for the newest step, → the working tree now) shows what step N's tools did — the
+same "diff at step N" as `agentguard watch`, and `restore --step N` brings back checkpoint N
+(agentguard.restoring). The patch is built from the shadow store's blobs (and the files on
+disk for the working tree), so neither the project's `.git` nor git's own diff config is involved.
 """
 
 from __future__ import annotations
@@ -11,29 +12,27 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+from typing import Any
 
 from rich.text import Text
 
-from agentguard.commands.common import (
-    OK,
-    Context,
-    Refused,
+from agentguard.commands.common import OK, Context, Refused, find_run, plain, short
+from agentguard.restoring import (
     checkpoint_of,
-    find_run,
     open_shadow,
-    plain,
-    require_commit,
-    short,
     step_by_number,
+    step_checkpoint,
+    step_diff_span,
 )
 from agentguard.snapshots import Change, ShadowRepo
 
 NAME = "diff"
 SUMMARY = "Show what the working tree changed at a step, between two steps, or since the last one."
 EPILOG = """\
-what is compared (checkpoint N is taken just before step N's model call):
+what is compared (checkpoint N is the tree just before step N's model call):
   agentguard diff RUN                  last checkpoint → the working tree now
-  agentguard diff RUN --step N         checkpoint N-1 → checkpoint N (step 1: its files, as added)
+  agentguard diff RUN --step N         what step N did: checkpoint N → checkpoint N+1
+                                       (the newest step: checkpoint N → the working tree now)
   agentguard diff RUN --step N --to M  checkpoint N → checkpoint M
 
 examples:
@@ -48,7 +47,9 @@ MAX_PATCH_BYTES = 2 * 1024 * 1024  # larger files are reported, not diffed line 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run id (or a unique prefix of it)")
-    parser.add_argument("--step", type=int, metavar="N", help="the step whose changes to show")
+    parser.add_argument(
+        "--step", type=int, metavar="N", help="what step N changed (checkpoint N → N+1)"
+    )
     parser.add_argument("--to", type=int, metavar="M", help="with --step: compare step N with M")
     parser.add_argument("--patch", action="store_true", help="also print a unified diff")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -64,41 +65,29 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         raise Refused(f"Run {row['id']} has no steps yet, so it has no checkpoints to compare.")
     shadow = open_shadow(store, row)
 
-    def checkpoint(number: int) -> str:
-        step = step_by_number(steps, row["id"], number)
-        commit = checkpoint_of(shadow, row["id"], step)
-        if commit is None:
-            raise Refused(
-                f"Step {number} of run {row['id']} has no checkpoint (its snapshot failed or "
-                "snapshots were off); pick another step."
-            )
-        require_commit(store, shadow, commit, f"The checkpoint of step {number}")
-        return commit
+    def checkpoint(step: dict[str, Any]) -> str:
+        return step_checkpoint(store, shadow, row["id"], step)
 
-    old: str | None
     new: str | None
     if args.step is None:
         latest = next((s for s in reversed(steps) if checkpoint_of(shadow, row["id"], s)), None)
         if latest is None:
             raise Refused(f"Run {row['id']} has no checkpoints (snapshots were off).")
-        old_label = f"step {latest['number']}"
-        old, new, new_label = checkpoint(latest["number"]), None, "working tree"
-    elif args.to is None:
-        step_by_number(steps, row["id"], args.step)
-        new, new_label = checkpoint(args.step), f"step {args.step}"
-        if args.step == 1:
-            old, old_label = None, "nothing (step 1 is the first checkpoint)"
+        old, old_label = checkpoint(latest), f"step {latest['number']}"
+        new, new_label = None, "working tree"
+    elif args.to is None:  # what step N did: its checkpoint → the next one (or the tree now)
+        step, after = step_diff_span(shadow, row["id"], steps, args.step)
+        old, old_label = checkpoint(step), f"step {args.step}"
+        if after is None:
+            new, new_label = None, "working tree"
         else:
-            old, old_label = checkpoint(args.step - 1), f"step {args.step - 1}"
+            new, new_label = checkpoint(after), f"step {after['number']}"
     else:
-        old, old_label = checkpoint(args.step), f"step {args.step}"
-        new, new_label = checkpoint(args.to), f"step {args.to}"
+        old = checkpoint(step_by_number(steps, row["id"], args.step))
+        new = checkpoint(step_by_number(steps, row["id"], args.to))
+        old_label, new_label = f"step {args.step}", f"step {args.to}"
 
-    if old is None:
-        assert new is not None
-        changes = [Change("A", path) for path in shadow.files(new)]
-    else:
-        changes = shadow.diff(old, new)
+    changes = shadow.diff(old, new)
     patch = _patch(shadow, old, new, changes) if args.patch else None
 
     if ctx.as_json:
@@ -113,7 +102,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         )
         return OK
     out = ctx.out
-    where = f"{old_label}{f' ({short(old)})' if old else ''} → {new_label}"
+    where = f"{old_label} ({short(old)}) → {new_label}"
     where += f" ({short(new)})" if new else f" ({shadow.project})"
     out.print(plain(f"Run {row['id']}: {where}", "bold"))
     if not changes:
@@ -129,7 +118,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     return OK
 
 
-def _patch(shadow: ShadowRepo, old: str | None, new: str | None, changes: list[Change]) -> str:
+def _patch(shadow: ShadowRepo, old: str, new: str | None, changes: list[Change]) -> str:
     chunks: list[str] = []
     for change in changes:
         before = _read(shadow, old, change.path) if change.status != "A" else b""

@@ -1,44 +1,43 @@
 """`agentguard restore RUN`: rewind the working tree to a step's checkpoint, undoably.
 
-Before rewriting anything the current tree is committed to the shadow store (the *backup*),
-recorded as a `backup` snapshot row of the run and in a `restored` event. `--undo` restores the
-backup of the run's latest restore (or resume), so a second `--undo` redoes it; `--to-snapshot`
-restores any commit the run's shadow store holds.
+Step N's checkpoint is the tree just before step N's model call. The restore itself is
+`agentguard.restoring.restore`, the one the TUI uses too: it refuses a run another live process
+still drives, commits the current tree to the shadow store first (the *backup*), and records it
+as a `backup` snapshot row of the run and in a `restored` event. `--undo` restores the backup of
+the run's latest restore (or resume), so a second `--undo` redoes it; `--to-snapshot` restores
+any commit the run's shadow store holds.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
 
-from agentguard.commands.common import (
-    FAILED,
-    OK,
-    Context,
-    Refused,
-    acting,
-    check_not_busy,
-    checkpoint_of,
-    find_run,
+from agentguard.commands.common import FAILED, OK, Context, Refused, acting, find_run, plain, short
+from agentguard.restoring import (
+    Target,
     open_shadow,
-    plain,
-    record_backup,
     require_commit,
-    short,
+    restore,
+    snapshot_target,
     step_by_number,
+    step_target,
+    undo_target,
 )
+from agentguard.resuming import ensure_not_live
 from agentguard.snapshots import ShadowRepo
 from agentguard.store import Store
 
 NAME = "restore"
 SUMMARY = "Rewind the project's working tree to a step's checkpoint (the current tree is saved)."
 EPILOG = """\
-The tree as it is now is saved in the shadow store first, so every restore can be undone.
+Step N's checkpoint is the tree just before step N's model call (`agentguard diff RUN --step N`
+shows what step N changed after it). The tree as it is now is saved in the shadow store first,
+so every restore can be undone, whether made here or in `agentguard watch`.
 Without a terminal, pass --yes to confirm.
 
 examples:
@@ -46,13 +45,17 @@ examples:
   agentguard restore 3f2a1b9c0d1e --undo --yes
   agentguard restore 3f2a1b9c0d1e --to-snapshot 9f8e7d6c5b4a
 """
-UNDOABLE = ("restored", "resume_prepared")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run id (or a unique prefix of it)")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--step", type=int, metavar="N", help="the step whose checkpoint to restore")
+    which.add_argument(
+        "--step",
+        type=int,
+        metavar="N",
+        help="restore step N's checkpoint: the tree just before step N's model call",
+    )
     which.add_argument(
         "--undo", action="store_true", help="put back the tree saved by the run's last restore"
     )
@@ -66,17 +69,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     store = ctx.store()
     row = find_run(store, args.run)
-    check_not_busy(row)
+    row = ensure_not_live(store, row["id"], "rewinding its working tree")
     if args.step is not None:  # a step that does not exist says so before anything else
         step_by_number(store.steps(row["id"]), row["id"], args.step)
     shadow = open_shadow(store, row)
-    step_id, label, target = _target(store, shadow, row, args)
+    target = _target(store, shadow, row, args)
+    label = target.label
     what = f"The checkpoint of {label}" if args.step is not None else label[:1].upper() + label[1:]
-    require_commit(store, shadow, target, what)
+    require_commit(store, shadow, target.commit, what)
     project = shadow.project
-    pending = shadow.diff(target)  # what the restore will rewrite (the tree now → target)
+    pending = shadow.diff(target.commit)  # what the restore will rewrite (the tree now → target)
     if not pending:
-        return _report(ctx, row, label, target, None, [], [], "already matches")
+        return _report(ctx, row, project, label, target.commit, None, [], [], "already matches")
     if not args.yes:
         question = (
             f"Restore {project} to {label}? This rewrites {len(pending)} "
@@ -93,68 +97,29 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         if answer not in ("y", "yes"):
             ctx.err.print(plain("Not restored; nothing was changed."))
             return FAILED
-    with acting():
-        result = shadow.restore(target)
-    now = time.time()
-    record_backup(store, row, result.backup, step_id=step_id, project=project, now=now)
+    with acting():  # checks again that no agent took the run over while we asked
+        done = restore(store, row["id"], target)
+    result = done.result
     changes = [{"status": c.status, "path": c.path} for c in result.changes]
-    store.insert_event(
-        row["id"],
-        "restored",
-        {
-            "target": result.target,
-            "label": label,
-            "via": "undo" if args.undo else ("snapshot" if args.to_snapshot else "step"),
-            "backup": result.backup.commit,
-            "changes": len(changes),
-            "paths": [c["path"] for c in changes[:50]],
-            "preserved": list(result.preserved),
-            "project": str(project),
-        },
-        at=now,
-        step_id=step_id,
-    )
     return _report(
-        ctx, row, label, result.target, result.backup.commit, changes, list(result.preserved), ""
+        ctx, row, project, label, result.target, done.backup, changes, list(result.preserved), ""
     )
 
 
 def _target(
     store: Store, shadow: ShadowRepo, row: dict[str, Any], args: argparse.Namespace
-) -> tuple[int | None, str, str]:
-    """(step id or None, what it is in words, the commit to restore)."""
-    if args.step is not None:
-        step = step_by_number(store.steps(row["id"]), row["id"], args.step)
-        commit = checkpoint_of(shadow, row["id"], step)
-        if commit is None:
-            raise Refused(
-                f"Step {args.step} of run {row['id']} has no checkpoint (its snapshot failed or "
-                "snapshots were off); pick another step."
-            )
-        return step["id"], f"run {row['id']} step {args.step}", commit
+) -> Target:
+    if args.step is not None:  # step N's checkpoint: the tree just before step N's call
+        return step_target(store, shadow, row, args.step)
     if args.to_snapshot:
-        commit = args.to_snapshot.strip()
-        if not shadow.has_commit(commit):
-            raise Refused(
-                f"Snapshot {commit!r} is not in run {row['id']}'s shadow store "
-                f"{shadow.store_dir}; use a commit printed by `agentguard restore` or "
-                "`agentguard show`."
-            )
-        return None, f"snapshot {commit[:12]}", commit
-    for event in reversed(store.events(row["id"])):
-        if event["kind"] not in UNDOABLE:
-            continue
-        detail = json.loads(event["detail"] or "{}")
-        if detail.get("backup"):
-            return event["step_id"], "the tree saved before the last restore", detail["backup"]
-    raise Refused(
-        f"Run {row['id']} has no restore to undo; `agentguard show {row['id']}` lists its events."
-    )
+        return snapshot_target(shadow, row, args.to_snapshot)
+    return undo_target(store, row)
 
 
 def _report(
     ctx: Context,
     row: dict[str, Any],
+    project: Path,
     label: str,
     target: str,
     backup: str | None,
@@ -182,7 +147,6 @@ def _report(
         )
         return OK
     out = ctx.out
-    project = row["project"]
     if note:
         out.print(plain(f"The working tree already matches {label}; nothing was changed."))
         return OK

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,15 @@ from agentguard.commands.common import (
     Context,
     Refused,
     acting,
-    check_not_busy,
     clip,
     find_run,
     plain,
-    record_backup,
     require_commit,
     shadow_dir,
     short,
 )
 from agentguard.errors import AgentGuardError, ProjectError, SnapshotError
-from agentguard.resuming import ResumedRun, _last_consistent, due_runs, resume
+from agentguard.resuming import ResumedRun, _last_consistent, due_runs, ensure_not_live, resume
 from agentguard.snapshots import ShadowRepo
 from agentguard.store import Store
 
@@ -81,7 +78,6 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     _check(store, row, project, args.restore)
     with acting():
         resumed = resume(row["id"], project=project, restore=args.restore, store=store)
-    _record(store, row, resumed)
     doc = _as_json(resumed, ctx.home, project)
     if ctx.as_json:
         ctx.print_json(doc)
@@ -92,7 +88,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 
 def _check(store: Store, row: dict[str, Any], project: Path | None, restore: bool) -> None:
     """Refuse, before anything changes, what resume() would refuse halfway."""
-    check_not_busy(row, "resuming the run")
+    row = ensure_not_live(store, row["id"], "resuming it")
     folder = project if project is not None else Path(row["project"])
     if not folder.is_dir():
         raise ProjectError(
@@ -124,23 +120,6 @@ def _check(store: Store, row: dict[str, Any], project: Path | None, restore: boo
         )
 
 
-def _record(store: Store, row: dict[str, Any], resumed: ResumedRun) -> None:
-    """Keep the tree saved before the restore findable, and owned by the run (for gc)."""
-    if resumed.restored is None:
-        return
-    step = store.query(
-        "select id from steps where run_id = ? and number = ?", [row["id"], resumed.step]
-    )
-    record_backup(
-        store,
-        row,
-        resumed.restored.backup,
-        step_id=step[0]["id"] if step else None,
-        project=resumed.project,
-        now=time.time(),
-    )
-
-
 def _due(ctx: Context, store: Store, args: argparse.Namespace) -> int:
     resumed: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -153,7 +132,6 @@ def _due(ctx: Context, store: Store, args: argparse.Namespace) -> int:
             _check(store, row, None, restore)
             with acting():
                 result = resume(row["id"], restore=restore, store=store)
-            _record(store, row, result)
         except AgentGuardError as exc:
             failed.append({"run_id": row["id"], "name": row["name"], "error": str(exc)})
             continue

@@ -17,15 +17,20 @@ def question(detail: RunDetail, step: StepView) -> Text:
     text = Text()
     text.append("Restore the working tree?\n\n", style="bold")
     text.append(f"{detail.run.project}\n", style="bold")
-    text.append(f"goes back to step {step.number}'s checkpoint {step.checkpoint or ''}.\n\n")
+    text.append(
+        f"goes back to step {step.number}'s checkpoint {step.checkpoint or ''}: the tree just "
+        f"before step {step.number}'s model call.\n\n"
+    )
     text.append(
         "Only differing files are rewritten; files created since are deleted; ignored files "
-        "are left alone. The current tree is snapshotted first, so this can be undone.",
+        "are left alone. The current tree is snapshotted first, so this can be undone "
+        f"(agentguard restore {detail.run.id} --undo).",
         style="dim",
     )
     if detail.run.status == "running":
         text.append(
-            "\n\n⚠ This run is still running: its agent may be editing the tree right now.",
+            "\n\n⚠ This run is still running: while its agent process is alive the restore is "
+            "refused (stop the agent first).",
             style="bold red",
         )
     return text

@@ -19,13 +19,15 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from agentguard.errors import AgentGuardError
+from agentguard.restoring import restore_step
+from agentguard.store import Store
 from agentguard.tui import formatting as fmt
 from agentguard.tui.data import AttemptView, RunDetail, StepView
 from agentguard.tui.messages import RestoreFinished
 from agentguard.tui.screens.confirm import ConfirmRestore
 from agentguard.tui.screens.diff import DiffScreen
 from agentguard.tui.screens.runs import STATUS_STYLE
-from agentguard.tui.trees import checkpoint_problem, restore_step
+from agentguard.tui.trees import checkpoint_problem
 from agentguard.tui.widgets import Banner, Cell, Column, KeyedTable
 
 if TYPE_CHECKING:
@@ -333,15 +335,23 @@ class RunScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="restore", exit_on_error=False)
     def _restore(self, detail: RunDetail, step: StepView) -> None:
+        """The CLI's restore (agentguard.restoring): refused while another live process drives
+        the run; the tree is saved first as the run's backup, with a `restored` event, so
+        `agentguard restore RUN --undo` undoes it. The app's own connection is read-only, so
+        this opens a writable handle on the store for the restore alone."""
         try:
-            result = restore_step(detail, step)
+            store = Store(self.watch_app.reader.path)
+            try:
+                done = restore_step(store, detail.run.id, step.number)
+            finally:
+                store.close()
         except AgentGuardError as exc:
             self.post_message(RestoreFinished(step.number, None, str(exc)))
             return
         except Exception as exc:  # say so rather than leave "restoring…" on screen
             self.post_message(RestoreFinished(step.number, None, f"{type(exc).__name__}: {exc}"))
             return
-        self.post_message(RestoreFinished(step.number, result))
+        self.post_message(RestoreFinished(step.number, done.result))
 
     @on(RestoreFinished)
     def _restored(self, message: RestoreFinished) -> None:
@@ -352,16 +362,17 @@ class RunScreen(Screen[None]):
             return
         result = message.result
         n = len(result.changes)
+        undo = f"agentguard restore {self.run_id} --undo"
         text = (
             f"restored step {message.step}'s checkpoint {result.target[:12]} "
             f"({n} path{'s' if n != 1 else ''} changed) · backup {result.backup.commit[:12]}: "
-            "the tree as it was, restore it to undo"
+            f"the tree as it was; undo with `{undo}`"
         )
         if result.preserved:
             text += f" · {len(result.preserved)} file(s) copied aside first"
         note.show(text, "info")
         self.notify(
-            f"Restored step {message.step}. Backup of the previous tree: "
-            f"{result.backup.commit[:12]}",
+            f"Restored step {message.step}; the previous tree is saved as "
+            f"{result.backup.commit[:12]}. Undo with `{undo}`.",
             timeout=10,
         )
