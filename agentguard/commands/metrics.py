@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from agentguard.commands.common import OK, Context
+from agentguard.commands.common import OK, Context, Refused
 from agentguard.metrics import compute
 from agentguard.pricing import load_prices
 from agentguard.store import Store
@@ -127,12 +129,49 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     from agentguard.commands.stats import parse_since
 
     window = parse_since(args.window)
-    server, thread = serve(ctx.store(), args.host, args.port, window)
+    check_port(args.port)
+    store = ctx.store()
+    try:
+        server, thread = serve(store, args.host, args.port, window)
+    except OSError as exc:
+        raise Refused(listen_failure(args.host, args.port, exc)) from None
+    port = server.server_address[1]  # --port 0: the one the system picked
     ctx.err.print(
-        f"serving agentguard metrics on http://{args.host}:{args.port}/metrics (Ctrl-C to stop)"
+        f"serving agentguard metrics on http://{args.host}:{port}/metrics (Ctrl-C to stop)",
+        soft_wrap=True,
     )
     try:
         thread.join()
     finally:
         server.shutdown()
     return OK
+
+
+def check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise Refused(f"--port {port} is not a TCP port; give one from 1 to 65535, e.g. 9464.")
+
+
+def listen_failure(host: str, port: int, exc: OSError) -> str:
+    """Why the exporter could not listen, and what to do about it, in one sentence."""
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"--host {host!r} is not an address of this machine ({exc.strerror}); "
+            "give an IP address such as 127.0.0.1 or 0.0.0.0."
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"Port {port} on {host} is already in use; stop what listens there "
+            "or pick another port with --port."
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"Not allowed to listen on port {port} on {host} ({exc.strerror}); "
+            "pick a port above 1023 with --port."
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"--host {host} is not an address of this machine ({exc.strerror}); "
+            "give one it has, such as 127.0.0.1 or 0.0.0.0."
+        )
+    return f"Cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port or --host."
