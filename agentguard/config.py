@@ -4,6 +4,7 @@
     chain = ["anthropic:claude-opus-4-7", "anthropic:claude-sonnet-4-6", "openai:gpt-5.5"]
     snapshots = true
     max_file_bytes = 10485760
+    secret_files = ["*.p12"]           # also never snapshotted ("!.env.*" turns one off)
 
     [providers.gateway]                # an OpenAI-compatible gateway of your own
     kind = "openai"
@@ -36,6 +37,8 @@ class AgentGuardConfig(BaseModel):
     providers: dict[str, ProviderSpec] = Field(default_factory=dict)
     snapshots: bool | None = None
     max_file_bytes: int | None = Field(None, gt=0)
+    # Changes to the built-in secret-file patterns: "*.p12" adds one, "!.env.*" turns one off.
+    secret_files: list[str] | None = None
 
 
 def load_config(

@@ -16,8 +16,58 @@ from typing import Any
 
 from agentguard.store import dumps
 
-# Parameters that never go into the store: credentials may ride in headers.
-_NOT_STORED = frozenset({"extra_headers", "extra_query", "timeout", "messages", "model", "stream"})
+# The request parameters the store keeps: what shapes the model's answer and a resumed run
+# must send again (Anthropic Messages and OpenAI Chat Completions names). Anything else is
+# dropped by name: credentials ride in extra_body/extra_headers/extra_query, mcp_servers carry
+# tokens, metadata, user and user_profile_id identify people, container and workspace_id name
+# account resources, and an unknown key may be anything.
+_STORED = frozenset(
+    {
+        # both APIs
+        "system",
+        "tools",
+        "tool_choice",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "service_tier",
+        # Anthropic Messages
+        "top_k",
+        "stop_sequences",
+        "thinking",
+        "betas",
+        "context_management",
+        "output_config",
+        "output_format",
+        "cache_control",
+        "inference_geo",
+        "speed",
+        # OpenAI Chat Completions
+        "max_completion_tokens",
+        "stop",
+        "seed",
+        "n",
+        "response_format",
+        "reasoning_effort",
+        "verbosity",
+        "parallel_tool_calls",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "functions",
+        "function_call",
+    }
+)
+# Stored elsewhere (model, messages) or a property of the call, not of the conversation.
+_NOT_PARAMS = frozenset({"model", "messages", "stream"})
+# Where a request blob lists the parameters it dropped; never sent back to a provider.
+DROPPED_KEY = "_dropped"
 
 
 def to_jsonable(value: Any) -> Any:
@@ -94,7 +144,19 @@ def delta(head: Head, messages: Sequence[Any]) -> Delta:
 
 
 def request_blob(params: Mapping[str, Any]) -> tuple[str, str]:
-    """(sha, json) of everything but the messages that shapes a request: system, tools, limits."""
-    kept = {k: to_jsonable(v) for k, v in params.items() if k not in _NOT_STORED}
+    """(sha, json) of what shapes a request besides its messages: system, tools, limits.
+
+    Only allow-listed parameters are kept, so a secret in a parameter agentguard does not know
+    is never stored; the names of the others are listed under DROPPED_KEY.
+    """
+    kept: dict[str, Any] = {k: to_jsonable(v) for k, v in params.items() if k in _STORED}
+    dropped = sorted(str(k) for k in params if k not in _STORED and k not in _NOT_PARAMS)
+    if dropped:
+        kept[DROPPED_KEY] = dropped
     text = dumps(kept)
     return hashlib.sha256(text.encode()).hexdigest(), text
+
+
+def stored_params(blob: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A stored request blob as keyword arguments for the SDK again (without DROPPED_KEY)."""
+    return {k: v for k, v in (blob or {}).items() if k != DROPPED_KEY}

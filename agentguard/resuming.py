@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentguard.conversation import stored_params
 from agentguard.errors import ProjectError, RunBusy, RunNotFound, SnapshotError
 from agentguard.snapshots import RestoreResult, ShadowRepo
 from agentguard.store import Store
@@ -138,7 +139,7 @@ def resume(
         provider=step["requested_provider"],
         model=step["requested_model"],
         messages=messages,
-        params=store.blob(step["request"]) or {},
+        params=stored_params(store.blob(step["request"])),
         step=step["number"],
         checkpoint=checkpoint,
         response=response,

@@ -22,8 +22,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from agentguard.config import load_config
 from agentguard.errors import ProjectError, SnapshotError
 from agentguard.shadow import protect, refs
+from agentguard.shadow.exclusions import (
+    DEFAULT_SECRET_FILES,
+    SecretFiles,
+    global_excludes_file,
+    secret_file_patterns,
+)
+from agentguard.shadow.exclusions import reason as secret_reason
 from agentguard.shadow.gitenv import (
     HEAD_REF,
     STORE_ATTRIBUTES,
@@ -53,6 +61,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
+    "DEFAULT_SECRET_FILES",
     "HEAD_REF",
     "Change",
     "RestoreResult",
@@ -72,6 +81,9 @@ class ShadowRepo:
     """Snapshots of one project folder, kept in a store outside it.
 
     Safe to share between threads; two processes using the same store serialise on a lock file.
+    `secret_files` changes the built-in secret-file patterns ("*.p12" adds, "!.env.*" removes);
+    None takes `secret_files` from the project's agentguard config, so every command that opens
+    the store (the guard, restore, resume, the TUI) protects the same files.
     """
 
     def __init__(
@@ -80,6 +92,7 @@ class ShadowRepo:
         store_dir: str | os.PathLike[str],
         *,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        secret_files: Sequence[str] | None = None,
     ) -> None:
         given = Path(project).expanduser()
         if not given.exists():
@@ -112,6 +125,10 @@ class ShadowRepo:
         self._root = os.fsencode(self._project)
         self._env = git_env(self._git_dir, self._project, self._index)
         self._synced_exclude: bytes | None = None
+        if secret_files is None:
+            secret_files = load_config(self._project)[0].secret_files
+        self._secrets = SecretFiles(secret_file_patterns(secret_files))
+        self._secrets_checked = False  # has this instance swept them out of the private index?
         self._last: tuple[str, str] | None = None  # (commit, tree) of our latest snapshot
         self._refresh_due = time.monotonic() + _REFRESH_EVERY_S
         self._thread_lock = threading.Lock()
@@ -122,6 +139,8 @@ class ShadowRepo:
                 f"Cannot create the shadow store {self._store} ({exc.strerror}); "
                 "point AGENTGUARD_HOME at a writable folder."
             ) from None
+        # Asked once, from the store folder (in no repository): the user's global ignore file.
+        self._global_excludes = global_excludes_file(git, self._store)
         with self._locked():
             self._ensure_store()
         # Loose ref files are only ours to write while the store uses git's files backend.
@@ -136,6 +155,11 @@ class ShadowRepo:
     @property
     def store_dir(self) -> Path:
         return self._store
+
+    @property
+    def secret_files(self) -> tuple[str, ...]:
+        """The patterns of files this store never holds and a restore never touches."""
+        return self._secrets.patterns
 
     def snapshot(self, message: str = "agentguard snapshot", *, ref: str | None = None) -> Snapshot:
         """Commit the working tree as it is now; `ref` pins the commit against pruning."""
@@ -225,6 +249,7 @@ class ShadowRepo:
             )
         rules_changed = self._sync_exclude()
         self._clear_stale_locks()
+        secrets_fingerprint = None if self._secrets_checked else self._secrets_changed()
 
         try:
             changed, untracked = self._scan()
@@ -254,6 +279,16 @@ class ShadowRepo:
         for path, tracked in candidates.items():
             if path.endswith(b"/"):  # ls-files shows an untracked nested repository as "dir/"
                 skipped.append(SkippedPath(os.fsdecode(path[:-1]), NESTED_REPO, None))
+                continue
+            secret = self._secrets.match(path)
+            if secret is not None:
+                if tracked:
+                    drop[path] = None  # captured before it matched: never carry it on
+                try:
+                    size: int | None = os.lstat(self._root + b"/" + path).st_size
+                except OSError:
+                    continue  # gone: nothing to report
+                skipped.append(SkippedPath(os.fsdecode(path), secret_reason(secret), size))
                 continue
             blocked = obstacle(self._root, path, folders)
             if blocked is not None:
@@ -291,6 +326,14 @@ class ShadowRepo:
                 update = [p for p in update if p not in now_ignored]
                 drop.update(dict.fromkeys(now_ignored))
 
+        if secrets_fingerprint is not None:
+            # The patterns changed since the store's last snapshot: drop what now matches.
+            cached = self._run(["ls-files", "-z", "--cached"]).stdout.split(b"\0")
+            now_secret = self._secrets.matching(p for p in cached if p)
+            if now_secret:
+                update = [p for p in update if p not in now_secret]
+                drop.update(dict.fromkeys(now_secret))
+
         # Now and then also refresh every entry's stat data, so files that were only touched
         # (same content, new mtime) stop being re-hashed by each snapshot's scan.
         refresh = ["-q", "--refresh"] if time.monotonic() >= self._refresh_due else []
@@ -303,6 +346,9 @@ class ShadowRepo:
             )
             if refresh:
                 self._refresh_due = time.monotonic() + _REFRESH_EVERY_S
+        if secrets_fingerprint is not None:
+            write_atomic(self._secrets_record, secrets_fingerprint)
+        self._secrets_checked = True
         parent = self._read_head()
         if parent is not None and not (update or drop) and self._last is not None:
             # Nothing changed and nobody else moved the head: the index still holds its tree.
@@ -314,7 +360,7 @@ class ShadowRepo:
         if parent:
             args += ["-p", parent]
         commit = self._run(args).stdout.decode().strip()
-        self._set_refs(commit, parent, ref)
+        self._set_refs(commit, parent, ref, message)
         self._last = (commit, tree)
         return Snapshot(
             commit=commit,
@@ -356,27 +402,51 @@ class ShadowRepo:
                 raise SnapshotError(failure(args[0], err, self._store))
         return outputs[0][0], outputs[1][0]
 
-    def _set_refs(self, commit: str, parent: str | None, ref: str | None) -> None:
-        """Point the head (and `ref`) at `commit`."""
+    def _set_refs(self, commit: str, parent: str | None, ref: str | None, message: str) -> None:
+        """Point the head (and `ref`) at `commit`, logging both in their reflogs."""
         names = refs.ref_names(ref)
-        if (
-            self._loose_refs
-            and refs.are_plain(names)
-            and refs.write_loose(self._git_dir, names, commit)
-        ):
-            return
-        self._run(["update-ref", "--stdin"], stdin=refs.update_script(commit, parent, ref))
+        if self._loose_refs and refs.are_plain(names):
+            olds = {name: refs.read_loose(self._git_dir, name) for name in names}
+            olds[HEAD_REF] = parent
+            if refs.write_loose(self._git_dir, names, commit, olds, message):
+                return
+        self._run(
+            ["update-ref", "-m", refs.reflog_message(message), "--stdin"],
+            stdin=refs.update_script(commit, parent, ref),
+        )
 
     def _write_tree(self) -> str:
         return self._run(["write-tree"]).stdout.decode().strip()
 
-    def _sync_exclude(self) -> bool:
-        """Mirror the user's .git/info/exclude; say whether it changed."""
-        source = user_exclude_file(self._project)  # looked up each time: `git init` may come later
+    @property
+    def _secrets_record(self) -> Path:
+        return self._git_dir / "info" / "agentguard-secret-files"
+
+    def _secrets_changed(self) -> bytes | None:
+        """The patterns to record if they differ from those of the store's last snapshot."""
+        wanted = self._secrets.fingerprint()
         try:
-            wanted = source.read_bytes() if source else b""
+            if self._secrets_record.read_bytes() == wanted:
+                return None
         except OSError:
-            wanted = b""
+            pass
+        return wanted
+
+    def _sync_exclude(self) -> bool:
+        """Mirror the user's global ignore file and .git/info/exclude; say whether they changed.
+
+        In one file, global rules first: later lines win, as info/exclude outranks the global
+        file in git; both stay below the project's .gitignore files.
+        """
+        project_rules = user_exclude_file(self._project)  # each time: `git init` may come later
+        wanted = b""
+        for source in (self._global_excludes, project_rules):
+            try:
+                text = source.read_bytes() if source else b""
+            except OSError:
+                text = b""
+            if text:
+                wanted += text if text.endswith(b"\n") else text + b"\n"
         if wanted == self._synced_exclude:
             return False
         target = self._git_dir / "info" / "exclude"
@@ -401,11 +471,14 @@ class ShadowRepo:
 
     def _protect(self, raw: Sequence[RawChange]) -> tuple[set[bytes], list[str]]:
         """(paths restore must leave as they are, files it copied aside first)."""
-        keep, to_copy = protect.protect(self._root, raw, self._ignored)
+        keep, to_copy = protect.protect(self._root, raw, self._left_alone, self._secrets.matching)
         return keep, protect.preserve(self._root, self._store, to_copy)
 
-    def _ignored(self, paths: Sequence[bytes]) -> set[bytes]:
-        return protect.ignored(self._run, self._env, self._store, paths)
+    def _left_alone(self, paths: Sequence[bytes]) -> set[bytes]:
+        """Paths a restore never writes: ignored by the rules, or secret files."""
+        return self._secrets.matching(paths) | protect.ignored(
+            self._run, self._env, self._store, paths
+        )
 
     # -- git plumbing -----------------------------------------------------------------------
 

@@ -600,7 +600,7 @@ def test_global_config_hooks_and_inherited_git_variables_are_ignored(
         f"[user]\n\tuseConfigOnly = true\n"
         f"[commit]\n\tgpgSign = true\n[gpg]\n\tprogram = {tmp_path / 'gpg'}\n",
     )
-    write(home / "ignore", "*.txt\n")
+    write(home / "ignore", "*.ignored-globally\n")
     write(home / ".config" / "git" / "attributes", "* text eol=crlf\n")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
@@ -626,9 +626,12 @@ def test_global_config_hooks_and_inherited_git_variables_are_ignored(
     monkeypatch.setenv("GIT_CONFIG_VALUE_0", str(hooks))
 
     write(user_repo / "crlf.txt", b"one\ntwo\r\n")
+    write(user_repo / "x.ignored-globally", "as git status would: ignored\n")
     shadow = ShadowRepo(user_repo, store)
     first = shadow.snapshot(ref="refs/agentguard/runs/r/steps/1")
-    assert "crlf.txt" in shadow.files(first.commit)  # the global excludesFile is not used
+    files = shadow.files(first.commit)
+    assert "crlf.txt" in files  # the global attributes (eol=crlf) are not used
+    assert "x.ignored-globally" not in files  # the user's global ignore rules are honoured
     assert shadow.read_file(first.commit, "crlf.txt") == b"one\ntwo\r\n"  # bytes as they are
     write(user_repo / "README.md", "agent edit\n")
     shadow.restore(first.commit)
@@ -638,6 +641,7 @@ def test_global_config_hooks_and_inherited_git_variables_are_ignored(
     for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_CONFIG_COUNT"):
         monkeypatch.delenv(name)
     (user_repo / "crlf.txt").unlink()
+    (user_repo / "x.ignored-globally").unlink()
     assert user_state(user_repo) == before
 
 

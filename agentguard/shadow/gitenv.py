@@ -25,7 +25,9 @@ IDENTITY = {
 
 # Appended to the shadow repo's own config when it is created. The user's global and system
 # config are never read (GIT_CONFIG_GLOBAL=/dev/null, GIT_CONFIG_NOSYSTEM=1); these make the
-# repo's own behaviour explicit: no hooks, no conversions, no signing, no global excludes.
+# repo's own behaviour explicit: no hooks, no conversions, no signing, no global excludes
+# (the user's global ignore rules are mirrored into info/exclude instead), and a reflog for
+# every ref, so no snapshot becomes unreachable before agentguard's gc expires it.
 STORE_CONFIG = f"""\
 [core]
 \thooksPath = {os.devnull}
@@ -35,7 +37,7 @@ STORE_CONFIG = f"""\
 \texcludesFile = {os.devnull}
 \tattributesFile = {os.devnull}
 \tfsmonitor = false
-\tlogAllRefUpdates = false
+\tlogAllRefUpdates = always
 [commit]
 \tgpgSign = false
 [agentguard]
@@ -66,12 +68,15 @@ def git_env(git_dir: Path, project: Path, index: Path) -> dict[str, str]:
         **IDENTITY,
         # A split index (version 4) keeps the private index cheap to rewrite in large trees:
         # each snapshot writes only the entries that changed, not all of them (git ≥ 2.31 reads
-        # these; an older git ignores them and is merely slower).
-        GIT_CONFIG_COUNT="2",
+        # these; an older git ignores them and is merely slower). Stores made before reflogs
+        # were kept say logAllRefUpdates = false in their config: this overrides it.
+        GIT_CONFIG_COUNT="3",
         GIT_CONFIG_KEY_0="core.splitIndex",
         GIT_CONFIG_VALUE_0="true",
         GIT_CONFIG_KEY_1="index.version",
         GIT_CONFIG_VALUE_1="4",
+        GIT_CONFIG_KEY_2="core.logAllRefUpdates",
+        GIT_CONFIG_VALUE_2="always",
     )
     return env
 

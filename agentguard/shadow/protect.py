@@ -29,11 +29,16 @@ class RunGit(Protocol):
 
 
 def protect(
-    root: bytes, raw: Sequence[RawChange], ignored: Callable[[Sequence[bytes]], set[bytes]]
+    root: bytes,
+    raw: Sequence[RawChange],
+    ignored: Callable[[Sequence[bytes]], set[bytes]],
+    secret: Callable[[Iterable[bytes]], set[bytes]],
 ) -> tuple[set[bytes], list[bytes]]:
     """Decide which changed paths restore must leave alone, and what it must copy aside.
 
-    Returns (paths to keep as they are, files to copy to the preserved folder first).
+    `ignored` names the paths git must not write (ignore rules, secret files); `secret` the
+    files that must not even be copied aside. Returns (paths to keep as they are, files to
+    copy to the preserved folder first).
     """
     folders: dict[bytes, str] = {}
     obstacles = {c.path: obstacle(root, c.path, folders) for c in raw}
@@ -75,8 +80,11 @@ def protect(
         elif contains_repo(full):
             keep.add(path)
         else:  # git would delete this folder to write a file: keep what only it holds
-            inside = walk_files(full, path)
-            to_copy.update(dict.fromkeys(p for p in inside if p not in deleted))
+            inside = [p for p in walk_files(full, path) if p not in deleted]
+            if secret(inside):  # a secret file is never copied into the store: keep the folder
+                keep.add(path)
+            else:
+                to_copy.update(dict.fromkeys(inside))
     return keep, list(to_copy)
 
 
