@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agentguard import process_end
 from agentguard.breaker import Admission, Breaker, BreakerSettings, RouteHealth
 from agentguard.budget import BudgetSettings, RetryBudget
 from agentguard.classify import RETRYABLE, Action, Decision, Failure, Kind, decide, describe
@@ -32,6 +33,7 @@ from agentguard.home import project_key
 from agentguard.plan import Action as PlanAction
 from agentguard.plan import Call, Join, Sleep, StepPlan
 from agentguard.policy import Policy, resolve_policy
+from agentguard.process_end import describe as describe_exception
 from agentguard.records import AttemptRecord, StepInfo, attach, attempt_timing
 from agentguard.resuming import mark_interrupted
 from agentguard.routes import Route
@@ -97,6 +99,8 @@ class _StepState:
     checkpoint: str | None = None
     slept: float = 0.0  # the delay slept before the next attempt
     attempt_row: int = 0  # the store row of the attempt in flight
+    in_flight: bool = False  # that attempt has no outcome yet
+    ended: bool = False  # the step's row has its final status
 
     def time_left(self, policy: Policy, clock: Clock) -> float:
         return policy.step_deadline - (clock.monotonic() - self.started_mono)
@@ -180,6 +184,7 @@ class Guard:
                 }
             )
         self._closed = False
+        process_end.install()
         atexit.register(self._at_exit)
 
     def _previous_run(self, run_id: str) -> dict[str, Any]:
@@ -212,7 +217,8 @@ class Guard:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self, status: str | None = None) -> None:
-        """End the run: `completed` unless its last step failed (or `status` says otherwise)."""
+        """End the run: `completed` unless its last step failed or was queued (or `status`
+        says otherwise)."""
         if self._closed:
             return
         self._closed = True
@@ -222,9 +228,35 @@ class Guard:
         now = self.clock.now()
         self.store.update_run(self.run_id, status=final, updated_at=now, ended_at=now)
 
-    def _at_exit(self) -> None:
-        try:
+    def end(self, exc: BaseException | None) -> None:
+        """End the run as a `with` block ends: normally → `close()`; by an exception → the run
+        is `failed` (or `interrupted` for Ctrl-C and cancellation), with the exception as an
+        event. A run already `waiting` (queued) or `failed` keeps that status."""
+        if exc is None:
             self.close()
+        elif isinstance(exc, Exception):
+            self._end_abnormally("failed", type(exc).__name__, describe_exception(exc))
+        else:
+            self._end_abnormally("interrupted", type(exc).__name__, describe_exception(exc))
+
+    def _end_abnormally(self, status: str, error_type: str | None, message: str | None) -> None:
+        if self._closed:
+            return
+        kind = "crashed" if status == "failed" else "interrupted"
+        self.event(None, kind, error_type=error_type, error=message, pid=os.getpid())
+        keep = self._last_status in ("waiting", "failed")
+        self.close(None if keep else status)
+        if not keep and message:
+            self.store.update_run(self.run_id, last_error=f"{error_type}: {message}")
+
+    def _at_exit(self) -> None:
+        """The process is ending with the run still open: close it with how it ended."""
+        try:
+            ending = process_end.ending()
+            if ending.status == "completed":
+                self.close()
+            else:
+                self._end_abnormally(ending.status, ending.error_type, ending.message)
         except Exception:  # the interpreter is going away; never mask its own exit
             log.debug("agentguard: closing run %s at exit failed", self.run_id, exc_info=True)
 
@@ -243,11 +275,18 @@ class Guard:
         state = self._checkpoint(request)
         try:
             served, route, failed = yield from self._serve(state, self.routes_for(request.route))
-        except BaseException as exc:
-            yield from self._join_snapshot(state)
+        except Exception as exc:
             self._fail_step(state, exc)
+            yield from self._join_snapshot(state)
             raise
-        yield from self._join_snapshot(state)
+        except BaseException as exc:  # cancelled or interrupted: record it, never yield again
+            self._cancel_step(state, exc)
+            raise
+        try:
+            yield from self._join_snapshot(state)
+        except BaseException:  # cancelled after the answer came: keep the paid-for response
+            self._finish(state, served, route, failed, hand_over=False)
+            raise
         return self._finish(state, served, route, failed)
 
     def _checkpoint(self, request: StepRequest) -> _StepState:
@@ -338,6 +377,7 @@ class Guard:
             number = len(state.attempts) + 1
             began_at, began = self.clock.now(), self.clock.monotonic()
             state.attempt_row = self._open_attempt(state, route, number, began_at)
+            state.in_flight = True
             ok, result = yield Call(route, number)
             latency = self.clock.monotonic() - began
             when = attempt_timing(number, route, began_at, state.slept, latency)
@@ -504,8 +544,13 @@ class Guard:
             log.warning("agentguard: working-tree snapshot failed: %s", exc)
             self.event(state.step_id, "snapshot_failed", error=str(exc))
             return
+        self._took_checkpoint(state, snap)
+
+    def _took_checkpoint(self, state: _StepState, snap: Snapshot) -> None:
         state.checkpoint = snap.commit
         self._store_snapshot(state, snap, "checkpoint")
+        if state.ended:
+            self.store.update_step(state.step_id, checkpoint=snap.commit)
         if snap.skipped:
             self.event(
                 state.step_id,
@@ -588,10 +633,19 @@ class Guard:
     def _record(self, state: _StepState, route: Route, record: AttemptRecord) -> None:
         state.attempts.append(record)
         self.store.update_attempt(state.attempt_row, record.row())
+        state.in_flight = False
 
     def _finish(
-        self, state: _StepState, served: Served, route: Route, failed: list[RouteFailure]
+        self,
+        state: _StepState,
+        served: Served,
+        route: Route,
+        failed: list[RouteFailure],
+        *,
+        hand_over: bool = True,
     ) -> Any:
+        """Record who served the step; with `hand_over`, announce it and return the caller's
+        object (a call cancelled after its answer came still keeps the response for resume)."""
         requested = state.request.route
         substituted = route.key != requested.key
         reason = summarize(failed) if substituted else None
@@ -624,6 +678,7 @@ class Guard:
             stop_reason=served.stop_reason,
             response=served.response_json,
         )
+        state.ended = True
         self._last_status = "running"
         self.store.update_run(
             self.run_id,
@@ -636,12 +691,16 @@ class Guard:
         if served.notes:
             self.event(state.step_id, "translation_dropped", route=route.key, dropped=served.notes)
         if substituted:
-            self._announce(info)
+            self._announce(info, notify=hand_over)
         attach(served.value, info)
         return served.value
 
-    def _announce(self, info: StepInfo) -> None:
-        """A substitution is never silent: always recorded, announced when the policy says so."""
+    def _announce(self, info: StepInfo, *, notify: bool = True) -> None:
+        """A substitution is never silent: always recorded, announced when the policy says so.
+
+        The callback is told after the step is stored. An exception it raises is recorded as a
+        `callback_failed` event and logged, and the response is still returned: it was paid
+        for, and a notification failing must not lose it."""
         self.event(
             info.step_id,
             "substitution",
@@ -655,11 +714,66 @@ class Guard:
             f"({info.served_provider}) instead of {info.requested_model}: {info.reason}"
         )
         if self.policy.substitution == "announce" and self.on_substitution is not None:
-            self.on_substitution(info)
+            if notify:
+                self._notify(info)
         elif self.policy.substitution == "announce":
             log.warning(message)
         else:
             log.info(message)
+
+    def _notify(self, info: StepInfo) -> None:
+        assert self.on_substitution is not None
+        try:
+            self.on_substitution(info)
+        except Exception as exc:
+            self.event(
+                info.step_id,
+                "callback_failed",
+                callback="on_substitution",
+                error_type=type(exc).__name__,
+                error=describe_exception(exc),
+            )
+            log.warning(
+                "agentguard: on_substitution raised %s: %s; the response of step %s is "
+                "returned all the same",
+                type(exc).__name__,
+                describe_exception(exc),
+                info.step,
+            )
+
+    def _cancel_step(self, state: _StepState, exc: BaseException) -> None:
+        """The caller cancelled or interrupted the call: the step and its attempt in flight
+        become `cancelled` at once; a snapshot still running is recorded when it finishes."""
+        reason = _cancel_reason(exc)
+        now = self.clock.now()
+        if state.in_flight:
+            state.in_flight = False
+            self.store.update_attempt(
+                state.attempt_row,
+                {"outcome": "cancelled", "message": reason, "error_type": type(exc).__name__},
+            )
+        self.store.update_step(
+            state.step_id,
+            status="cancelled",
+            error=reason,
+            ended_at=now,
+            checkpoint=state.checkpoint,
+            latency_ms=(self.clock.monotonic() - state.started_mono) * 1000,
+        )
+        state.ended = True
+        self.event(state.step_id, "step_cancelled", reason=reason, error_type=type(exc).__name__)
+        future, state.snapshot = state.snapshot, None
+        if future is not None:
+            future.add_done_callback(lambda done: self._late_checkpoint(state, done))
+
+    def _late_checkpoint(self, state: _StepState, done: Future[Snapshot]) -> None:
+        """A cancelled step's snapshot, finished in the background: record it like any other."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        try:
+            self._took_checkpoint(state, done.result())
+        except Exception:  # the run may be closing; the ref in the shadow store still has it
+            log.debug("agentguard: recording a cancelled step's snapshot failed", exc_info=True)
 
     def _fail_step(self, state: _StepState, exc: BaseException) -> None:
         queued = isinstance(exc, RunQueued)
@@ -674,8 +788,7 @@ class Guard:
             checkpoint=state.checkpoint,
             latency_ms=(self.clock.monotonic() - state.started_mono) * 1000,
         )
-        if isinstance(exc, GeneratorExit | KeyboardInterrupt):
-            return
+        state.ended = True
         self._last_status = status
         fields: dict[str, Any] = {"status": status, "updated_at": now, "last_error": message}
         if isinstance(exc, RunQueued):
@@ -745,6 +858,14 @@ class Guard:
             step_id=str(state.step_id),
             attempts=state.attempts,
         ) from cause
+
+
+def _cancel_reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by the user (KeyboardInterrupt) during the step"
+    if isinstance(exc, GeneratorExit):
+        return "the caller abandoned the step"
+    return f"cancelled by the caller ({type(exc).__name__}) during the step"
 
 
 def project_folder(project: str | os.PathLike[str]) -> Path:

@@ -17,8 +17,9 @@ from agentguard.pricing import Price, price_for
 from agentguard.store import Store
 
 OVERLOAD = "(status_code = 529 or error_type = 'overloaded_error')"
-# Rows with no known outcome: still in flight, or cut short by a process that died.
-NO_OUTCOME = "('pending', 'interrupted')"
+# Rows with no known outcome: still in flight, cut short by a process that died, or cancelled
+# by the caller before an answer came.
+NO_OUTCOME = "('pending', 'interrupted', 'cancelled')"
 WARN_RATE = 0.02  # a 529 rate above 2 % is more than background noise
 ALERT_WINDOW_S = 300.0
 

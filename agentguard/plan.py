@@ -42,58 +42,85 @@ StepPlan = Generator[Action, Any, Any]
 
 
 def drive(plan: StepPlan, call: Callable[[Call], Any], clock: Clock) -> Any:
-    """Run a step plan with blocking I/O."""
+    """Run a step plan with blocking I/O.
+
+    An interrupt (KeyboardInterrupt, or any BaseException that is not an Exception) is thrown
+    into the plan, which records the step as cancelled and lets it propagate unchanged; the
+    plan is never abandoned mid-step (its rows would stay `pending` forever)."""
     try:
         action = next(plan)
         while True:
-            if isinstance(action, Call):
-                try:
-                    reply: Any = (True, call(action))
-                except Exception as exc:
-                    reply = (False, exc)
-                action = plan.send(reply)
-            elif isinstance(action, Sleep):
-                if action.wake is None:
-                    clock.sleep(action.seconds)
-                    waited = action.seconds
-                else:
-                    waited = clock.wait(action.seconds, action.wake)
-                action = plan.send(waited)
-            else:
-                try:
-                    value = action.future.result()
-                except Exception as exc:
-                    action = plan.throw(exc)
-                else:
-                    action = plan.send(value)
+            try:
+                reply = _perform(action, call, clock)
+            except _Failed as failed:
+                action = plan.throw(failed.error)
+                continue
+            except BaseException as exc:
+                action = plan.throw(exc)
+                continue
+            action = plan.send(reply)
     except StopIteration as stop:
         return stop.value
+
+
+def _perform(action: Action, call: Callable[[Call], Any], clock: Clock) -> Any:
+    if isinstance(action, Call):
+        try:
+            return (True, call(action))
+        except Exception as exc:
+            return (False, exc)
+    if isinstance(action, Sleep):
+        if action.wake is None:
+            clock.sleep(action.seconds)
+            return action.seconds
+        return clock.wait(action.seconds, action.wake)
+    try:
+        return action.future.result()
+    except Exception as exc:
+        raise _Failed(exc) from None
 
 
 async def adrive(plan: StepPlan, call: Callable[[Call], Awaitable[Any]], clock: Clock) -> Any:
-    """Run a step plan on an event loop; a snapshot still runs in its own thread."""
+    """Run a step plan on an event loop; a snapshot still runs in its own thread.
+
+    Cancellation (`task.cancel()`, `asyncio.wait_for` timing out) is thrown into the plan like
+    an interrupt in `drive`, and the caller gets its own CancelledError."""
     try:
         action = next(plan)
         while True:
-            if isinstance(action, Call):
-                try:
-                    reply: Any = (True, await call(action))
-                except Exception as exc:
-                    reply = (False, exc)
-                action = plan.send(reply)
-            elif isinstance(action, Sleep):
-                if action.wake is None:
-                    await clock.asleep(action.seconds)
-                    waited = action.seconds
-                else:
-                    waited = await clock.await_(action.seconds, action.wake)
-                action = plan.send(waited)
-            else:
-                try:
-                    value = await asyncio.wrap_future(action.future)
-                except Exception as exc:
-                    action = plan.throw(exc)
-                else:
-                    action = plan.send(value)
+            try:
+                reply = await _aperform(action, call, clock)
+            except _Failed as failed:
+                action = plan.throw(failed.error)
+                continue
+            except BaseException as exc:
+                action = plan.throw(exc)
+                continue
+            action = plan.send(reply)
     except StopIteration as stop:
         return stop.value
+
+
+async def _aperform(action: Action, call: Callable[[Call], Awaitable[Any]], clock: Clock) -> Any:
+    if isinstance(action, Call):
+        try:
+            return (True, await call(action))
+        except Exception as exc:
+            return (False, exc)
+    if isinstance(action, Sleep):
+        if action.wake is None:
+            await clock.asleep(action.seconds)
+            return action.seconds
+        return await clock.await_(action.seconds, action.wake)
+    try:
+        return await asyncio.wrap_future(action.future)
+    except Exception as exc:
+        raise _Failed(exc) from None
+
+
+class _Failed(Exception):
+    """A background job (a snapshot) failed: its error goes into the plan as is."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error

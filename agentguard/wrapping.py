@@ -160,8 +160,9 @@ class GuardedAnthropic(_GuardedClient):
     def __enter__(self) -> GuardedAnthropic:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        self.agentguard.end(exc)
+        self._client.close()
 
 
 class _Messages:
@@ -211,8 +212,9 @@ class AsyncGuardedAnthropic(_GuardedClient):
     async def __aenter__(self) -> AsyncGuardedAnthropic:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        self.agentguard.end(exc)
+        await self._client.close()
 
 
 class _AsyncMessages:
@@ -261,8 +263,9 @@ class GuardedOpenAI(_GuardedClient):
     def __enter__(self) -> GuardedOpenAI:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        self.agentguard.end(exc)
+        self._client.close()
 
 
 class AsyncGuardedOpenAI(_GuardedClient):
@@ -279,8 +282,9 @@ class AsyncGuardedOpenAI(_GuardedClient):
     async def __aenter__(self) -> AsyncGuardedOpenAI:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        self.agentguard.end(exc)
+        await self._client.close()
 
 
 class _Chat:

@@ -45,6 +45,7 @@ STATUS_STYLE = {
     "waiting": "yellow",
     "failed": "red",
     "interrupted": "magenta",
+    "cancelled": "magenta",
 }
 
 

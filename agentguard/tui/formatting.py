@@ -98,6 +98,8 @@ def attempt_status(attempt: AttemptView) -> str:
         return "…"
     if attempt.outcome == "interrupted":
         return "cut"  # the process died with this request in flight
+    if attempt.outcome == "cancelled":
+        return "cancel"  # the caller cancelled the call with this request in flight
     if attempt.status_code == 200 and attempt.outcome != "ok":
         return "mid"  # an error event mid-stream, after the 200 headers
     if attempt.status_code is not None:
@@ -114,7 +116,7 @@ def failure_summary(attempts: Sequence[AttemptView], requested_model: str | None
     """Why the requested route did not serve: '529 overloaded ×3' (per model when several)."""
     by_model: dict[str, dict[str, int]] = {}
     for a in attempts:
-        if a.outcome in ("ok", "pending", "interrupted"):
+        if a.outcome in ("ok", "pending", "interrupted", "cancelled"):
             continue
         kind = short_error(a.error_type)
         if a.status_code is None:

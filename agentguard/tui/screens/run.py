@@ -60,6 +60,7 @@ STEP_STYLE = {
     "waiting": "bold yellow",
     "pending": "cyan",
     "interrupted": "bold magenta",
+    "cancelled": "magenta",
 }
 OUTCOME_STYLE = {
     "ok": "green",
@@ -67,6 +68,7 @@ OUTCOME_STYLE = {
     "wait": "yellow",
     "pending": "cyan",
     "interrupted": "magenta",
+    "cancelled": "magenta",
 }
 MAX_LISTED = 8  # step numbers named in the run's substitution banner
 
@@ -130,6 +132,8 @@ def step_line(step: StepView) -> tuple[str, str]:
             f" · {where}",
             "waiting",
         )
+    if step.status == "cancelled":
+        return f"✗ step {step.number} {fmt.one_line(step.error)} · {where}", "waiting"
     served = f"{step.served_model} ({step.served_provider})" if step.served_model else fmt.DASH
     slept = f" · slept {fmt.ms(step.slept_ms)}" if step.slept_ms else ""
     return (
