@@ -379,8 +379,10 @@ def _run_commits(store: Store, run_id: str) -> set[str]:
 
 
 def _copy_run_snapshots(store: Store, run_id: str, old_dir: Path, new_dir: Path) -> int:
-    """Push the run's refs, and a `kept` ref for each of its other snapshots, from the old
-    shadow store into the new one (git copies the objects; the old store keeps its own)."""
+    """Fetch the run's refs, and a `kept` ref for each of its other snapshots, from the old
+    shadow store into the new one (git copies the objects; the old store keeps its own). A store
+    gc has cut (shallow) passes its cut on: the new store never holds a commit without its
+    parents unless its `shallow` file says so."""
     old = _BareGit(old_dir)
     prefix = f"{RUNS_PREFIX}{run_id}/"
     with _store_locks(old_dir, new_dir):
@@ -393,14 +395,13 @@ def _copy_run_snapshots(store: Store, run_id: str, old_dir: Path, new_dir: Path)
             old.run(["update-ref", "--stdin"], stdin=lines.encode())
         if not pointed and not present:
             return 0
-        receive = "git -c receive.shallowUpdate=true receive-pack"
-        old.run(
+        _BareGit(new_dir).run(
             [
-                "push",
+                "fetch",
                 "--quiet",
-                "--no-verify",
-                f"--receive-pack={receive}",
-                str(new_dir / "repo.git"),
+                "--no-tags",
+                "--update-shallow",
+                str(old_dir / "repo.git"),
                 f"+{prefix}*:{prefix}*",
             ]
         )

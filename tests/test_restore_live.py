@@ -300,3 +300,39 @@ def test_the_library_resume_with_a_new_project_moves_the_run(capsys, two_steps, 
     assert (project / "app.py").read_text() == "def add(a, b):\n    return a + b\n"  # untouched
     doc = cli_json(capsys, "restore", two_steps, "--undo", "--yes")
     assert doc["restored"] is True and (copy / "app.py").read_text() == "changed in the copy\n"
+
+
+def test_a_run_moves_out_of_a_store_gc_has_cut(capsys, guarded, project, home, tmp_path):
+    """gc cut an older run's history out of the store (a shallow store): the moved run's
+    snapshots are copied all the same, and the new store knows where its history stops."""
+    old = guarded(run="older")
+    ask(old, "a")
+    old.agentguard.close()
+    kept = guarded(run="newer")
+    (project / "b.txt").write_text("b\n")
+    ask(kept, "b")
+    (project / "c.txt").write_text("c\n")
+    ask(kept, "c")
+    kept.agentguard.close()
+    store = Store.open(home)
+    store.update_run(old.run_id, updated_at=1.0)  # long ago
+    store.close()
+    code, _, err = cli(capsys, "gc", "--max-age-days", "1", "--keep-runs", "0")
+    assert code == 0, err
+    [shadow] = (home / "shadow").iterdir()
+    assert (shadow / "repo.git" / "shallow").exists()
+
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    cli_json(capsys, "resume", kept.run_id, "--project", str(moved))
+    assert cli_json(capsys, "diff", kept.run_id, "--step", "1")["changes"] == [
+        {"status": "A", "path": "c.txt"}
+    ]
+    code, _, err = cli(capsys, "restore", kept.run_id, "--step", "1", "--yes")
+    assert code == 0, err
+    assert (moved / "b.txt").exists() and not (moved / "c.txt").exists()
+    code, _, err = cli(capsys, "gc")
+    assert code == 0, err
+    code, _, err = cli(capsys, "restore", kept.run_id, "--undo", "--yes")
+    assert code == 0, err
+    assert (moved / "c.txt").exists()
