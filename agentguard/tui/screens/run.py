@@ -200,7 +200,7 @@ class RunScreen(Screen[None]):
     def show_detail(self, detail: RunDetail | None) -> None:
         if detail is None:
             self.query_one("#run-head", Static).update(
-                f"run {self.run_id} is no longer in the store (removed by retention?)"
+                f"No run {self.run_id} in this store; esc goes back to the list of runs."
             )
             return
         self.detail = detail
