@@ -99,7 +99,9 @@ class Context:
             self._store = None
 
     def print_json(self, doc: Any) -> None:
-        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+        """Every `--json` document goes out here, with its times as ISO 8601 UTC (`json_times`)."""
+        text = json.dumps(json_times(doc), indent=2, ensure_ascii=False, default=str)
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
 
@@ -137,10 +139,36 @@ def find_run(store: Store, given: str) -> dict[str, Any]:
 # -- formatting ------------------------------------------------------------------------------
 
 
-def iso(ts: float | None) -> str | None:
+def iso(ts: float | datetime | None) -> str | None:
+    """A time for scripts: ISO 8601 UTC to the millisecond, `2026-12-02T16:27:30.123Z`."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    moment = ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts, UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def is_time_key(key: Any) -> bool:
+    """The store's naming rule for times: `at`, `*_at`, `since`, `until`, `*_since`."""
+    return isinstance(key, str) and (
+        key in ("at", "since", "until") or key.endswith(("_at", "_since"))
+    )
+
+
+def json_times(doc: Any) -> Any:
+    """`doc` with every time as ISO 8601 UTC: epoch seconds under a time key (the store keeps
+    times as epoch floats) and datetimes anywhere. Strings (already converted) pass through."""
+    if isinstance(doc, dict):
+        return {
+            key: iso(value)
+            if is_time_key(key) and isinstance(value, int | float) and not isinstance(value, bool)
+            else json_times(value)
+            for key, value in doc.items()
+        }
+    if isinstance(doc, list | tuple):
+        return [json_times(value) for value in doc]
+    if isinstance(doc, datetime):
+        return iso(doc)
+    return doc
 
 
 def when(ts: float | None) -> str:

@@ -55,7 +55,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         prices=load_prices(store.home),
     )
     if ctx.as_json:
-        ctx.print_json({"since": args.since, "prices_as_of": PRICES_AS_OF, **metrics.to_dict()})
+        # since/until: the window's bounds (ISO 8601 UTC, like every time in --json output)
+        ctx.print_json({"window": args.since, "prices_as_of": PRICES_AS_OF, **metrics.to_dict()})
         return OK
     for line in render(metrics, args.since):
         ctx.out.print(line)
