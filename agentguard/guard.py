@@ -4,6 +4,9 @@ Reading top to bottom: `step` checkpoints the conversation and starts the tree s
 `_serve` walks the routes the policy allows (breaker-aware, restoring the checkpoint before a
 route change), `_try_route` runs one route's bounded retries, and `_finish` records who served
 and hands back the caller's own SDK object, annotated with the truth.
+
+The rest of a run lives beside it: the run row's start and end (`run_lifecycle`), the working
+tree around a step (`tree_keeping`), and every other row a step writes (`step_recording`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import random
 import socket
 import uuid
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,85 +30,26 @@ from agentguard.budget import BudgetSettings, RetryBudget
 from agentguard.classify import RETRYABLE, Action, Decision, Failure, Kind, decide, describe
 from agentguard.clock import Clock, SystemClock
 from agentguard.conversation import Head, delta, request_blob
-from agentguard.errors import ProjectError, RetriesExhausted, RunBusy, RunNotFound, RunQueued
+from agentguard.errors import ProjectError, RetriesExhausted, RunQueued
 from agentguard.home import project_key
 from agentguard.plan import Action as PlanAction
-from agentguard.plan import Call, Join, Sleep, StepPlan
+from agentguard.plan import Call, Sleep, StepPlan
 from agentguard.policy import Policy, resolve_policy
-from agentguard.process_end import describe as describe_exception
 from agentguard.records import AttemptRecord, StepInfo, attach, attempt_timing
-from agentguard.resuming import mark_interrupted
 from agentguard.routes import Route
-from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES, ShadowRepo, Snapshot
-from agentguard.store import Store, dumps
+from agentguard.run_lifecycle import RunLifecycle
+from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES, ShadowRepo
+from agentguard.step_recording import StepRecording
+from agentguard.step_types import RouteFailure, Served, StepRequest, StepState, summarize
+from agentguard.store import Store
+from agentguard.tree_keeping import TreeKeeping
 
 log = logging.getLogger("agentguard")
 _PROBE_FAILED = "probe failed"
 _BREAKER_OPENED = "breaker opened"
 
 
-@dataclass
-class Served:
-    """One successful attempt, as the provider seam reports it."""
-
-    value: Any  # what the caller receives (Message, stream, MessageStream, ChatCompletion …)
-    request_id: str | None
-    model: str
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    stop_reason: str | None = None
-    response_json: str | None = None
-    native: dict[str, Any] | None = None  # the final response as JSON, in the route's own format
-    notes: list[str] = field(default_factory=list)  # what translation had to drop
-
-
-@dataclass(frozen=True)
-class StepRequest:
-    """One model call as the caller made it."""
-
-    route: Route
-    messages: Sequence[Any]
-    params: dict[str, Any]
-    stream: bool = False
-
-
-@dataclass(frozen=True)
-class RouteFailure:
-    """Why one route did not serve a step."""
-
-    route: Route
-    reason: str
-    action: Action
-    failure: Failure | None = None
-    error: BaseException | None = None
-    cooling: bool = False  # stopped by the breaker: a later probe may still serve
-
-
-def summarize(failed: Sequence[RouteFailure], *, full: bool = False) -> str:
-    """Each route's last reason, in order: 'claude-opus-4-7: 529 overloaded_error ×4'."""
-    last = {f.route.key: f for f in failed}
-    return "; ".join(f"{f.route.key if full else f.route.model}: {f.reason}" for f in last.values())
-
-
-@dataclass
-class _StepState:
-    number: int
-    step_id: int
-    request: StepRequest
-    started_mono: float
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    snapshot: Future[Snapshot] | None = None
-    checkpoint: str | None = None
-    slept: float = 0.0  # the delay slept before the next attempt
-    attempt_row: int = 0  # the store row of the attempt in flight
-    in_flight: bool = False  # that attempt has no outcome yet
-    ended: bool = False  # the step's row has its final status
-
-    def time_left(self, policy: Policy, clock: Clock) -> float:
-        return policy.step_deadline - (clock.monotonic() - self.started_mono)
-
-
-class Guard:
+class Guard(RunLifecycle, TreeKeeping, StepRecording):
     """One run: its store rows, its conversation head, its checkpoints and its routes."""
 
     def __init__(
@@ -122,6 +65,7 @@ class Guard:
         rng: random.Random | None = None,
         snapshots: bool = True,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        secret_files: Sequence[str] | None = None,
         breaker: BreakerSettings | None = None,
         budget: BudgetSettings | None = None,
         store: Store | None = None,
@@ -144,6 +88,7 @@ class Guard:
                 self.project,
                 self.store.home / "shadow" / project_key(self.project),
                 max_file_bytes=max_file_bytes,
+                secret_files=secret_files,
             )
             if snapshots
             else None
@@ -187,79 +132,6 @@ class Guard:
         process_end.install()
         atexit.register(self._at_exit)
 
-    def _previous_run(self, run_id: str) -> dict[str, Any]:
-        row = self.store.get_run(run_id)
-        if row is None:
-            raise RunNotFound(
-                f"No run {run_id!r} in {self.store.path}; list the runs with `agentguard runs`."
-            )
-        mark_interrupted(self.store)
-        row = self.store.get_run(run_id) or row
-        if row["status"] == "running" and row["pid"] != os.getpid():
-            raise RunBusy(
-                f"Run {run_id} is still running in process {row['pid']} on {row['hostname']}; "
-                "stop that process before resuming the run."
-            )
-        return row
-
-    def _head_of(self, run_id: str) -> Head:
-        """The conversation of a run's last step: new steps store only what they add to it."""
-        steps = self.store.query(
-            "select id from steps where run_id = ? order by number desc limit 1", [run_id]
-        )
-        if not steps:
-            return Head()
-        rows = self.store.conversation_rows(steps[0]["id"])
-        return Head(
-            step_id=steps[0]["id"], objects=[None] * len(rows), shas=[row["sha"] for row in rows]
-        )
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def close(self, status: str | None = None) -> None:
-        """End the run: `completed` unless its last step failed or was queued (or `status`
-        says otherwise)."""
-        if self._closed:
-            return
-        self._closed = True
-        atexit.unregister(self._at_exit)
-        self._executor.shutdown(wait=True)
-        final = status or ("completed" if self._last_status == "running" else self._last_status)
-        now = self.clock.now()
-        self.store.update_run(self.run_id, status=final, updated_at=now, ended_at=now)
-
-    def end(self, exc: BaseException | None) -> None:
-        """End the run as a `with` block ends: normally → `close()`; by an exception → the run
-        is `failed` (or `interrupted` for Ctrl-C and cancellation), with the exception as an
-        event. A run already `waiting` (queued) or `failed` keeps that status."""
-        if exc is None:
-            self.close()
-        elif isinstance(exc, Exception):
-            self._end_abnormally("failed", type(exc).__name__, describe_exception(exc))
-        else:
-            self._end_abnormally("interrupted", type(exc).__name__, describe_exception(exc))
-
-    def _end_abnormally(self, status: str, error_type: str | None, message: str | None) -> None:
-        if self._closed:
-            return
-        kind = "crashed" if status == "failed" else "interrupted"
-        self.event(None, kind, error_type=error_type, error=message, pid=os.getpid())
-        keep = self._last_status in ("waiting", "failed")
-        self.close(None if keep else status)
-        if not keep and message:
-            self.store.update_run(self.run_id, last_error=f"{error_type}: {message}")
-
-    def _at_exit(self) -> None:
-        """The process is ending with the run still open: close it with how it ended."""
-        try:
-            ending = process_end.ending()
-            if ending.status == "completed":
-                self.close()
-            else:
-                self._end_abnormally(ending.status, ending.error_type, ending.message)
-        except Exception:  # the interpreter is going away; never mask its own exit
-            log.debug("agentguard: closing run %s at exit failed", self.run_id, exc_info=True)
-
     def routes_for(self, requested: Route) -> list[Route]:
         """The routes a step may use, primary first; `forbid` never changes route."""
         if self.policy.substitution == "forbid":
@@ -289,7 +161,7 @@ class Guard:
             raise
         return self._finish(state, served, route, failed)
 
-    def _checkpoint(self, request: StepRequest) -> _StepState:
+    def _checkpoint(self, request: StepRequest) -> StepState:
         """Store the conversation's new messages and start the working-tree snapshot."""
         started = self.clock.now()
         started_mono = self.clock.monotonic()
@@ -312,7 +184,7 @@ class Guard:
             blob,
         )
         self._head = Head(step_id=step_id, objects=conv.objects, shas=conv.shas)
-        state = _StepState(number, step_id, request, started_mono)
+        state = StepState(number, step_id, request, started_mono)
         if self.shadow is not None:
             ref = f"refs/agentguard/runs/{self.run_id}/steps/{number}"
             state.snapshot = self._executor.submit(
@@ -321,7 +193,7 @@ class Guard:
         return state
 
     def _serve(
-        self, state: _StepState, routes: Sequence[Route]
+        self, state: StepState, routes: Sequence[Route]
     ) -> Generator[PlanAction, Any, tuple[Served, Route, list[RouteFailure]]]:
         """Walk the routes in order until one serves; while routes only wait for their breaker's
         next probe and the deadline allows, wait for it and try again."""
@@ -367,7 +239,7 @@ class Guard:
         raise AssertionError("unreachable")  # _give_up always raises
 
     def _try_route(
-        self, state: _StepState, route: Route, admission: Admission
+        self, state: StepState, route: Route, admission: Admission
     ) -> Generator[PlanAction, Any, tuple[Served | None, RouteFailure | None]]:
         """One route's attempts: bounded, jittered, budgeted; a probe gets one try."""
         tries = 0
@@ -445,7 +317,7 @@ class Guard:
 
     def _back_off(
         self,
-        state: _StepState,
+        state: StepState,
         route: Route,
         failure: Failure,
         delay: float,
@@ -503,7 +375,7 @@ class Guard:
         return first is not None and self.clock.now() - first >= self.breaker.settings.open_after
 
     def _decide(
-        self, state: _StepState, route: Route, failure: Failure, tries: int, admission: Admission
+        self, state: StepState, route: Route, failure: Failure, tries: int, admission: Admission
     ) -> Decision:
         decision = decide(
             failure,
@@ -523,7 +395,7 @@ class Guard:
         return decision
 
     def _skip(
-        self, state: _StepState, failed: list[RouteFailure], route: Route, reason: str
+        self, state: StepState, failed: list[RouteFailure], route: Route, reason: str
     ) -> None:
         failed.append(RouteFailure(route, reason, Action.NEXT_ROUTE))
         self.event(state.step_id, "route_skipped", route=route.key, reason=reason)
@@ -532,112 +404,11 @@ class Guard:
         times = [t for r in routes if (t := self.breaker.next_probe_at(r.key)) is not None]
         return max(min(times) - self.clock.now(), 0.0) if times else None
 
-    # -- the working tree ------------------------------------------------------------------------
-
-    def _join_snapshot(self, state: _StepState) -> Generator[PlanAction, Any, None]:
-        if state.snapshot is None:
-            return
-        future, state.snapshot = state.snapshot, None
-        try:
-            snap: Snapshot = yield Join(future)
-        except Exception as exc:  # a failed snapshot must not fail the model call, but is shown
-            log.warning("agentguard: working-tree snapshot failed: %s", exc)
-            self.event(state.step_id, "snapshot_failed", error=str(exc))
-            return
-        self._took_checkpoint(state, snap)
-
-    def _took_checkpoint(self, state: _StepState, snap: Snapshot) -> None:
-        state.checkpoint = snap.commit
-        self._store_snapshot(state, snap, "checkpoint")
-        if state.ended:
-            self.store.update_step(state.step_id, checkpoint=snap.commit)
-        if snap.skipped:
-            self.event(
-                state.step_id,
-                "snapshot_skipped",
-                paths=[{"path": s.path, "reason": s.reason, "size": s.size} for s in snap.skipped],
-            )
-
-    def _verify_tree(self, state: _StepState, route: Route) -> Generator[PlanAction, Any, None]:
-        """Before a route change: the tree must match the checkpoint; drift is kept, then undone."""
-        yield from self._join_snapshot(state)
-        if self.shadow is None or state.checkpoint is None:
-            return
-        checkpoint, shadow = state.checkpoint, self.shadow
-
-        def verify() -> tuple[Snapshot, Any]:
-            same, current = shadow.matches(checkpoint)
-            return current, (None if same else shadow.restore(checkpoint))
-
-        current, restored = yield Join(self._executor.submit(verify))
-        if restored is None:
-            self.event(state.step_id, "tree_verified", route=route.key, checkpoint=checkpoint)
-            return
-        self._store_snapshot(state, current, "drift")
-        changes = [{"status": c.status, "path": c.path} for c in restored.changes]
-        self.event(
-            state.step_id,
-            "drift_restored",
-            route=route.key,
-            checkpoint=checkpoint,
-            drift_snapshot=current.commit,
-            changes=changes,
-            preserved=list(restored.preserved),
-        )
-        log.warning(
-            "agentguard: the working tree changed during step %s; kept it as %s and restored "
-            "checkpoint %s before switching to %s",
-            state.number,
-            current.commit[:12],
-            checkpoint[:12],
-            route.key,
-        )
-
-    def _store_snapshot(self, state: _StepState, snap: Snapshot, kind: str) -> None:
-        self.store.insert_snapshot(
-            {
-                "commit_sha": snap.commit,
-                "project": str(self.project),
-                "run_id": self.run_id,
-                "step_id": state.step_id,
-                "kind": kind,
-                "created_at": self.clock.now(),
-                "tree": snap.tree,
-                "changed": snap.changed,
-                "skipped": dumps([s.__dict__ for s in snap.skipped]),
-                "duration_ms": snap.duration_ms,
-            }
-        )
-
-    # -- recording -------------------------------------------------------------------------------
-
-    def event(self, step_id: int | None, kind: str, **detail: Any) -> None:
-        self.store.insert_event(self.run_id, kind, detail, at=self.clock.now(), step_id=step_id)
-
-    def _open_attempt(self, state: _StepState, route: Route, number: int, began_at: float) -> int:
-        """Write the attempt before it is sent: a crash mid-call still leaves its trace."""
-        return self.store.insert_attempt(
-            {
-                "run_id": self.run_id,
-                "step_id": state.step_id,
-                "number": number,
-                "provider": route.provider,
-                "model": route.model,
-                "base_url": route.base_url,
-                "started_at": began_at,
-                "slept_before_ms": state.slept * 1000,
-                "outcome": "pending",
-            }
-        )
-
-    def _record(self, state: _StepState, route: Route, record: AttemptRecord) -> None:
-        state.attempts.append(record)
-        self.store.update_attempt(state.attempt_row, record.row())
-        state.in_flight = False
+    # -- the step's result -----------------------------------------------------------------------
 
     def _finish(
         self,
-        state: _StepState,
+        state: StepState,
         served: Served,
         route: Route,
         failed: list[RouteFailure],
@@ -695,109 +466,9 @@ class Guard:
         attach(served.value, info)
         return served.value
 
-    def _announce(self, info: StepInfo, *, notify: bool = True) -> None:
-        """A substitution is never silent: always recorded, announced when the policy says so.
-
-        The callback is told after the step is stored. An exception it raises is recorded as a
-        `callback_failed` event and logged, and the response is still returned: it was paid
-        for, and a notification failing must not lose it."""
-        self.event(
-            info.step_id,
-            "substitution",
-            requested=f"{info.requested_provider}:{info.requested_model}",
-            served=f"{info.served_provider}:{info.served_model}",
-            reason=info.reason,
-            policy=self.policy.substitution,
-        )
-        message = (
-            f"agentguard: step {info.step} served by {info.served_model} "
-            f"({info.served_provider}) instead of {info.requested_model}: {info.reason}"
-        )
-        if self.policy.substitution == "announce" and self.on_substitution is not None:
-            if notify:
-                self._notify(info)
-        elif self.policy.substitution == "announce":
-            log.warning(message)
-        else:
-            log.info(message)
-
-    def _notify(self, info: StepInfo) -> None:
-        assert self.on_substitution is not None
-        try:
-            self.on_substitution(info)
-        except Exception as exc:
-            self.event(
-                info.step_id,
-                "callback_failed",
-                callback="on_substitution",
-                error_type=type(exc).__name__,
-                error=describe_exception(exc),
-            )
-            log.warning(
-                "agentguard: on_substitution raised %s: %s; the response of step %s is "
-                "returned all the same",
-                type(exc).__name__,
-                describe_exception(exc),
-                info.step,
-            )
-
-    def _cancel_step(self, state: _StepState, exc: BaseException) -> None:
-        """The caller cancelled or interrupted the call: the step and its attempt in flight
-        become `cancelled` at once; a snapshot still running is recorded when it finishes."""
-        reason = _cancel_reason(exc)
-        now = self.clock.now()
-        if state.in_flight:
-            state.in_flight = False
-            self.store.update_attempt(
-                state.attempt_row,
-                {"outcome": "cancelled", "message": reason, "error_type": type(exc).__name__},
-            )
-        self.store.update_step(
-            state.step_id,
-            status="cancelled",
-            error=reason,
-            ended_at=now,
-            checkpoint=state.checkpoint,
-            latency_ms=(self.clock.monotonic() - state.started_mono) * 1000,
-        )
-        state.ended = True
-        self.event(state.step_id, "step_cancelled", reason=reason, error_type=type(exc).__name__)
-        future, state.snapshot = state.snapshot, None
-        if future is not None:
-            future.add_done_callback(lambda done: self._late_checkpoint(state, done))
-
-    def _late_checkpoint(self, state: _StepState, done: Future[Snapshot]) -> None:
-        """A cancelled step's snapshot, finished in the background: record it like any other."""
-        if done.cancelled() or done.exception() is not None:
-            return
-        try:
-            self._took_checkpoint(state, done.result())
-        except Exception:  # the run may be closing; the ref in the shadow store still has it
-            log.debug("agentguard: recording a cancelled step's snapshot failed", exc_info=True)
-
-    def _fail_step(self, state: _StepState, exc: BaseException) -> None:
-        queued = isinstance(exc, RunQueued)
-        status = "waiting" if queued else "failed"
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        now = self.clock.now()
-        self.store.update_step(
-            state.step_id,
-            status=status,
-            error=message,
-            ended_at=now,
-            checkpoint=state.checkpoint,
-            latency_ms=(self.clock.monotonic() - state.started_mono) * 1000,
-        )
-        state.ended = True
-        self._last_status = status
-        fields: dict[str, Any] = {"status": status, "updated_at": now, "last_error": message}
-        if isinstance(exc, RunQueued):
-            fields["next_attempt_at"] = exc.next_attempt_at.timestamp()
-        self.store.update_run(self.run_id, **fields)
-
     # -- endings ---------------------------------------------------------------------------------
 
-    def _reject(self, state: _StepState, failure: Failure, exc: BaseException) -> None:
+    def _reject(self, state: StepState, failure: Failure, exc: BaseException) -> None:
         """400/413: surface the SDK's own error at once, never hidden by a fallback."""
         self.event(
             state.step_id,
@@ -813,7 +484,7 @@ class Guard:
         )
         raise exc
 
-    def _give_up(self, state: _StepState, failed: list[RouteFailure], deadline_hit: bool) -> None:
+    def _give_up(self, state: StepState, failed: list[RouteFailure], deadline_hit: bool) -> None:
         """No route served: say exactly why, queue the run if the policy forbids substitution."""
         where = f"run {self.run_id} step {state.number}"
         tried = len(state.attempts)
@@ -858,14 +529,6 @@ class Guard:
             step_id=str(state.step_id),
             attempts=state.attempts,
         ) from cause
-
-
-def _cancel_reason(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted by the user (KeyboardInterrupt) during the step"
-    if isinstance(exc, GeneratorExit):
-        return "the caller abandoned the step"
-    return f"cancelled by the caller ({type(exc).__name__}) during the step"
 
 
 def project_folder(project: str | os.PathLike[str]) -> Path:

@@ -298,6 +298,7 @@ def _release(shared: _Shared) -> None:
             return
         if _OPEN.get(shared.key) is shared:
             del _OPEN[shared.key]
+    with shared.lock:  # never under a statement another thread is still running
         shared.db.conn.close()
 
 

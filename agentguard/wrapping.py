@@ -74,6 +74,7 @@ def wrap(
         rng=rng,
         snapshots=_first(snapshots, settings.snapshots, True),
         max_file_bytes=_first(max_file_bytes, settings.max_file_bytes, DEFAULT_MAX_FILE_BYTES),
+        secret_files=settings.secret_files,
         breaker=breaker,
         budget=budget,
         resume=resume,

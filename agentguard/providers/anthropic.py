@@ -16,7 +16,7 @@ from anthropic import AsyncAnthropic, AsyncStream, Stream, not_given
 from anthropic.lib.streaming import AsyncMessageStream, MessageStream
 from anthropic.types import Message, RawMessageStreamEvent
 
-from agentguard.guard import Served
+from agentguard.step_types import Served
 
 
 class ReplayStream(Stream[RawMessageStreamEvent]):

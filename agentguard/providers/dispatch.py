@@ -19,11 +19,11 @@ from anthropic.lib.streaming import AsyncMessageStream, MessageStream
 from openai import AsyncOpenAI, OpenAI
 
 from agentguard.errors import ConfigError
-from agentguard.guard import Served
 from agentguard.providers import synthesize, translate
 from agentguard.providers.anthropic import AnthropicProvider, AsyncReplayStream, ReplayStream
 from agentguard.providers.openai import AsyncOpenAIReplayStream, OpenAIProvider, OpenAIReplayStream
 from agentguard.routes import Route
+from agentguard.step_types import Served
 from agentguard.store import dumps
 
 

@@ -14,7 +14,7 @@ from openai import AsyncOpenAI, AsyncStream, Stream
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from agentguard.guard import Served
+from agentguard.step_types import Served
 
 
 class OpenAIReplayStream(Stream[ChatCompletionChunk]):

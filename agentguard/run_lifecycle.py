@@ -1,0 +1,92 @@
+"""A run's beginning and end in the store: taking over a previous run, and closing it with
+the truth about how it ended (see `process_end`)."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from agentguard import process_end
+from agentguard.clock import Clock
+from agentguard.conversation import Head
+from agentguard.process_end import describe as describe_exception
+from agentguard.resuming import ensure_not_live
+from agentguard.store import Store
+
+log = logging.getLogger("agentguard")
+
+
+class RunLifecycle:
+    """Mixed into `Guard`: the run row's life from start (or resume) to its final status."""
+
+    store: Store
+    clock: Clock
+    run_id: str
+    _closed: bool
+    _last_status: str
+    _executor: ThreadPoolExecutor
+    event: Callable[..., None]  # StepRecording.event
+
+    def _previous_run(self, run_id: str) -> dict[str, Any]:
+        """The run to continue, once no other live process drives it (else RunBusy)."""
+        return ensure_not_live(self.store, run_id, "resuming the run")
+
+    def _head_of(self, run_id: str) -> Head:
+        """The conversation of a run's last step: new steps store only what they add to it."""
+        steps = self.store.query(
+            "select id from steps where run_id = ? order by number desc limit 1", [run_id]
+        )
+        if not steps:
+            return Head()
+        rows = self.store.conversation_rows(steps[0]["id"])
+        return Head(
+            step_id=steps[0]["id"], objects=[None] * len(rows), shas=[row["sha"] for row in rows]
+        )
+
+    def close(self, status: str | None = None) -> None:
+        """End the run: `completed` unless its last step failed or was queued (or `status`
+        says otherwise)."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._at_exit)
+        self._executor.shutdown(wait=True)
+        final = status or ("completed" if self._last_status == "running" else self._last_status)
+        now = self.clock.now()
+        self.store.update_run(self.run_id, status=final, updated_at=now, ended_at=now)
+
+    def end(self, exc: BaseException | None) -> None:
+        """End the run as a `with` block ends: normally → `close()`; by an exception → the run
+        is `failed` (or `interrupted` for Ctrl-C and cancellation), with the exception as an
+        event. A run already `waiting` (queued) or `failed` keeps that status."""
+        if exc is None:
+            self.close()
+        elif isinstance(exc, Exception):
+            self._end_abnormally("failed", type(exc).__name__, describe_exception(exc))
+        else:
+            self._end_abnormally("interrupted", type(exc).__name__, describe_exception(exc))
+
+    def _end_abnormally(self, status: str, error_type: str | None, message: str | None) -> None:
+        if self._closed:
+            return
+        kind = "crashed" if status == "failed" else "interrupted"
+        self.event(None, kind, error_type=error_type, error=message, pid=os.getpid())
+        keep = self._last_status in ("waiting", "failed")
+        self.close(None if keep else status)
+        if not keep and message:
+            self.store.update_run(self.run_id, last_error=f"{error_type}: {message}")
+
+    def _at_exit(self) -> None:
+        """The process is ending with the run still open: close it with how it ended."""
+        try:
+            ending = process_end.ending()
+            if ending.status == "completed":
+                self.close()
+            else:
+                self._end_abnormally(ending.status, ending.error_type, ending.message)
+        except Exception:  # the interpreter is going away; never mask its own exit
+            log.debug("agentguard: closing run %s at exit failed", self.run_id, exc_info=True)

@@ -1,0 +1,166 @@
+"""What a step writes about itself: events, attempts as they are sent and answered, and how
+a step ended when it did not end served (failed, queued, cancelled), plus telling a person
+about a substitution."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from agentguard.clock import Clock
+from agentguard.errors import RunQueued
+from agentguard.policy import Policy
+from agentguard.process_end import describe as describe_exception
+from agentguard.records import AttemptRecord, StepInfo
+from agentguard.routes import Route
+from agentguard.snapshots import Snapshot
+from agentguard.step_types import StepState
+from agentguard.store import Store
+
+log = logging.getLogger("agentguard")
+
+
+class StepRecording:
+    """Mixed into `Guard`: every row and event a step writes besides its final success."""
+
+    store: Store
+    clock: Clock
+    run_id: str
+    policy: Policy
+    on_substitution: Callable[[StepInfo], None] | None
+    _last_status: str
+    _took_checkpoint: Callable[[StepState, Snapshot], None]  # TreeKeeping._took_checkpoint
+
+    def event(self, step_id: int | None, kind: str, **detail: Any) -> None:
+        self.store.insert_event(self.run_id, kind, detail, at=self.clock.now(), step_id=step_id)
+
+    def _open_attempt(self, state: StepState, route: Route, number: int, began_at: float) -> int:
+        """Write the attempt before it is sent: a crash mid-call still leaves its trace."""
+        return self.store.insert_attempt(
+            {
+                "run_id": self.run_id,
+                "step_id": state.step_id,
+                "number": number,
+                "provider": route.provider,
+                "model": route.model,
+                "base_url": route.base_url,
+                "started_at": began_at,
+                "slept_before_ms": state.slept * 1000,
+                "outcome": "pending",
+            }
+        )
+
+    def _record(self, state: StepState, route: Route, record: AttemptRecord) -> None:
+        state.attempts.append(record)
+        self.store.update_attempt(state.attempt_row, record.row())
+        state.in_flight = False
+
+    def _announce(self, info: StepInfo, *, notify: bool = True) -> None:
+        """A substitution is never silent: always recorded, announced when the policy says so.
+
+        The callback is told after the step is stored. An exception it raises is recorded as a
+        `callback_failed` event and logged, and the response is still returned: it was paid
+        for, and a notification failing must not lose it."""
+        self.event(
+            info.step_id,
+            "substitution",
+            requested=f"{info.requested_provider}:{info.requested_model}",
+            served=f"{info.served_provider}:{info.served_model}",
+            reason=info.reason,
+            policy=self.policy.substitution,
+        )
+        message = (
+            f"agentguard: step {info.step} served by {info.served_model} "
+            f"({info.served_provider}) instead of {info.requested_model}: {info.reason}"
+        )
+        if self.policy.substitution == "announce" and self.on_substitution is not None:
+            if notify:
+                self._notify(info)
+        elif self.policy.substitution == "announce":
+            log.warning(message)
+        else:
+            log.info(message)
+
+    def _notify(self, info: StepInfo) -> None:
+        assert self.on_substitution is not None
+        try:
+            self.on_substitution(info)
+        except Exception as exc:
+            self.event(
+                info.step_id,
+                "callback_failed",
+                callback="on_substitution",
+                error_type=type(exc).__name__,
+                error=describe_exception(exc),
+            )
+            log.warning(
+                "agentguard: on_substitution raised %s: %s; the response of step %s is "
+                "returned all the same",
+                type(exc).__name__,
+                describe_exception(exc),
+                info.step,
+            )
+
+    def _cancel_step(self, state: StepState, exc: BaseException) -> None:
+        """The caller cancelled or interrupted the call: the step and its attempt in flight
+        become `cancelled` at once; a snapshot still running is recorded when it finishes."""
+        reason = _cancel_reason(exc)
+        now = self.clock.now()
+        if state.in_flight:
+            state.in_flight = False
+            self.store.update_attempt(
+                state.attempt_row,
+                {"outcome": "cancelled", "message": reason, "error_type": type(exc).__name__},
+            )
+        self.store.update_step(
+            state.step_id,
+            status="cancelled",
+            error=reason,
+            ended_at=now,
+            checkpoint=state.checkpoint,
+            latency_ms=(self.clock.monotonic() - state.started_mono) * 1000,
+        )
+        state.ended = True
+        self.event(state.step_id, "step_cancelled", reason=reason, error_type=type(exc).__name__)
+        future, state.snapshot = state.snapshot, None
+        if future is not None:
+            future.add_done_callback(lambda done: self._late_checkpoint(state, done))
+
+    def _late_checkpoint(self, state: StepState, done: Future[Snapshot]) -> None:
+        """A cancelled step's snapshot, finished in the background: record it like any other."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        try:
+            self._took_checkpoint(state, done.result())
+        except Exception:  # the run may be closing; the ref in the shadow store still has it
+            log.debug("agentguard: recording a cancelled step's snapshot failed", exc_info=True)
+
+    def _fail_step(self, state: StepState, exc: BaseException) -> None:
+        queued = isinstance(exc, RunQueued)
+        status = "waiting" if queued else "failed"
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        now = self.clock.now()
+        self.store.update_step(
+            state.step_id,
+            status=status,
+            error=message,
+            ended_at=now,
+            checkpoint=state.checkpoint,
+            latency_ms=(self.clock.monotonic() - state.started_mono) * 1000,
+        )
+        state.ended = True
+        self._last_status = status
+        fields: dict[str, Any] = {"status": status, "updated_at": now, "last_error": message}
+        if isinstance(exc, RunQueued):
+            fields["next_attempt_at"] = exc.next_attempt_at.timestamp()
+        self.store.update_run(self.run_id, **fields)
+
+
+def _cancel_reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by the user (KeyboardInterrupt) during the step"
+    if isinstance(exc, GeneratorExit):
+        return "the caller abandoned the step"
+    return f"cancelled by the caller ({type(exc).__name__}) during the step"

@@ -1,0 +1,108 @@
+"""The working tree around a step: its checkpoint snapshot, and putting the tree back to that
+checkpoint before another route takes over (keeping any drift as a snapshot of its own)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from agentguard.clock import Clock
+from agentguard.plan import Action as PlanAction
+from agentguard.plan import Join
+from agentguard.routes import Route
+from agentguard.snapshots import ShadowRepo, Snapshot
+from agentguard.step_types import StepState
+from agentguard.store import Store, dumps
+
+log = logging.getLogger("agentguard")
+
+
+class TreeKeeping:
+    """Mixed into `Guard`: snapshots joined into the step, and the tree verified on a route
+    change."""
+
+    store: Store
+    clock: Clock
+    run_id: str
+    project: Path
+    shadow: ShadowRepo | None
+    _executor: ThreadPoolExecutor
+    event: Callable[..., None]  # StepRecording.event
+
+    def _join_snapshot(self, state: StepState) -> Generator[PlanAction, Any, None]:
+        if state.snapshot is None:
+            return
+        future, state.snapshot = state.snapshot, None
+        try:
+            snap: Snapshot = yield Join(future)
+        except Exception as exc:  # a failed snapshot must not fail the model call, but is shown
+            log.warning("agentguard: working-tree snapshot failed: %s", exc)
+            self.event(state.step_id, "snapshot_failed", error=str(exc))
+            return
+        self._took_checkpoint(state, snap)
+
+    def _took_checkpoint(self, state: StepState, snap: Snapshot) -> None:
+        state.checkpoint = snap.commit
+        self._store_snapshot(state, snap, "checkpoint")
+        if state.ended:
+            self.store.update_step(state.step_id, checkpoint=snap.commit)
+        if snap.skipped:
+            self.event(
+                state.step_id,
+                "snapshot_skipped",
+                paths=[{"path": s.path, "reason": s.reason, "size": s.size} for s in snap.skipped],
+            )
+
+    def _verify_tree(self, state: StepState, route: Route) -> Generator[PlanAction, Any, None]:
+        """Before a route change: the tree must match the checkpoint; drift is kept, then undone."""
+        yield from self._join_snapshot(state)
+        if self.shadow is None or state.checkpoint is None:
+            return
+        checkpoint, shadow = state.checkpoint, self.shadow
+
+        def verify() -> tuple[Snapshot, Any]:
+            same, current = shadow.matches(checkpoint)
+            return current, (None if same else shadow.restore(checkpoint))
+
+        current, restored = yield Join(self._executor.submit(verify))
+        if restored is None:
+            self.event(state.step_id, "tree_verified", route=route.key, checkpoint=checkpoint)
+            return
+        self._store_snapshot(state, current, "drift")
+        changes = [{"status": c.status, "path": c.path} for c in restored.changes]
+        self.event(
+            state.step_id,
+            "drift_restored",
+            route=route.key,
+            checkpoint=checkpoint,
+            drift_snapshot=current.commit,
+            changes=changes,
+            preserved=list(restored.preserved),
+        )
+        log.warning(
+            "agentguard: the working tree changed during step %s; kept it as %s and restored "
+            "checkpoint %s before switching to %s",
+            state.number,
+            current.commit[:12],
+            checkpoint[:12],
+            route.key,
+        )
+
+    def _store_snapshot(self, state: StepState, snap: Snapshot, kind: str) -> None:
+        self.store.insert_snapshot(
+            {
+                "commit_sha": snap.commit,
+                "project": str(self.project),
+                "run_id": self.run_id,
+                "step_id": state.step_id,
+                "kind": kind,
+                "created_at": self.clock.now(),
+                "tree": snap.tree,
+                "changed": snap.changed,
+                "skipped": dumps([s.__dict__ for s in snap.skipped]),
+                "duration_ms": snap.duration_ms,
+            }
+        )
