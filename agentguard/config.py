@@ -20,11 +20,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from agentguard.errors import ConfigError
-from agentguard.policy import validate_model
-from agentguard.routes import ProviderSpec
+from agentguard.policy import describe_problems, policy_problems, problems
+from agentguard.routes import ProviderSpec, parse_chain, parse_route
 
 CONFIG_FILE = "agentguard.toml"
 
@@ -35,8 +35,8 @@ class AgentGuardConfig(BaseModel):
     policy: str | dict[str, Any] | None = None
     chain: list[str | dict[str, Any]] = Field(default_factory=list)
     providers: dict[str, ProviderSpec] = Field(default_factory=dict)
-    snapshots: bool | None = None
-    max_file_bytes: int | None = Field(None, gt=0)
+    snapshots: StrictBool | None = None  # true or false, not "yes" or 1
+    max_file_bytes: StrictInt | None = Field(None, gt=0)
     # Changes to the built-in secret-file patterns: "*.p12" adds one, "!.env.*" turns one off.
     secret_files: list[str] | None = None
 
@@ -72,6 +72,60 @@ def _read(file: Path) -> dict[str, Any]:
 
 
 def _parse(file: Path, data: dict[str, Any], *, in_pyproject: bool) -> AgentGuardConfig:
+    """The validated config, or one ConfigError naming the file and every field that is wrong
+    (what each allows, and what it got)."""
     section = data.get("tool", {}).get("agentguard", {}) if in_pyproject else data
-    where = f"{file} [tool.agentguard]" if in_pyproject else str(file)
-    return validate_model(AgentGuardConfig, section, f"config in {where}")
+    where = f"config in {file} [tool.agentguard]" if in_pyproject else f"config in {file}"
+    if not isinstance(section, dict):
+        raise ConfigError(f"Invalid {where}: it must be a table (got {type(section).__name__}).")
+    found: list[str] = []
+    config: AgentGuardConfig | None = None
+    try:
+        config = AgentGuardConfig.model_validate(section)
+    except ValidationError as exc:
+        # policy and chain are checked below, the way wrap() will read them.
+        mine = [
+            e
+            for e in exc.errors(include_url=False)
+            if e["loc"][:1] not in (("policy",), ("chain",))
+        ]
+        found += problems(mine, AgentGuardConfig)
+    found += policy_problems(section.get("policy"))
+    found += _chain_problems(section.get("chain"), section.get("providers"))
+    if found or config is None:
+        raise ConfigError(describe_problems(where, found))
+    return config
+
+
+def _chain_problems(chain: Any, providers: Any) -> list[str]:
+    if chain is None:
+        return []
+    if not isinstance(chain, list):
+        return [
+            'chain must be a list of routes such as ["anthropic:claude-opus-4-7", '
+            f'"anthropic:claude-sonnet-4-6"] (got {type(chain).__name__})'
+        ]
+    usable: dict[str, ProviderSpec] = {}
+    broken: set[str] = set()  # providers already reported above
+    for name, spec in (providers if isinstance(providers, dict) else {}).items():
+        try:
+            usable[name] = ProviderSpec.model_validate(spec)
+        except ValidationError:
+            broken.add(name)
+    found: list[str] = []
+    for i, entry in enumerate(chain):
+        named = entry.partition(":")[0] if isinstance(entry, str) else None
+        if isinstance(entry, dict):
+            named = entry.get("provider")
+        if named in broken:
+            continue
+        try:
+            parse_route(entry, usable)
+        except ConfigError as exc:
+            found.append(f"chain[{i}]: {str(exc).rstrip('.')}")
+    if not found and not broken:
+        try:
+            parse_chain(chain, usable)
+        except ConfigError as exc:
+            found.append(f"chain: {str(exc).rstrip('.')}")
+    return found

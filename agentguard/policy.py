@@ -6,10 +6,22 @@ a few times and tells the user when the model changes; a high-stakes workflow ne
 
 from __future__ import annotations
 
+import json
 import random
-from typing import Any, Literal
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from agentguard.errors import ConfigError
 
@@ -21,16 +33,19 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = "custom"
-    max_attempts: int = Field(4, ge=1, le=100, description="HTTP tries per route within one step")
-    base_delay: float = Field(0.5, ge=0, description="seconds; backoff starts here")
-    max_delay: float = Field(8.0, ge=0, description="seconds; cap on one backoff delay")
-    step_deadline: float = Field(120.0, gt=0, description="seconds per step, sleeps included")
-    max_retry_after: float = Field(
+    # Strict: a count is a whole number and seconds are a number, never "3" or true.
+    name: StrictStr = "custom"
+    max_attempts: StrictInt = Field(
+        4, ge=1, le=100, description="HTTP tries per route within one step"
+    )
+    base_delay: StrictFloat = Field(0.5, ge=0, description="seconds; backoff starts here")
+    max_delay: StrictFloat = Field(8.0, ge=0, description="seconds; cap on one backoff delay")
+    step_deadline: StrictFloat = Field(120.0, gt=0, description="seconds per step, sleeps included")
+    max_retry_after: StrictFloat = Field(
         60.0, ge=0, description="longest retry-after (seconds) honoured on the same route"
     )
     substitution: Substitution = "announce"
-    queue_delay: float = Field(
+    queue_delay: StrictFloat = Field(
         300.0, ge=0, description="seconds a queued (waiting) run waits before its next try"
     )
 
@@ -152,8 +167,34 @@ def _preset(name: str) -> Policy:
         ) from None
 
 
+def policy_problems(value: Any, field: str = "policy") -> list[str]:
+    """What is wrong with a policy as a config file gives it (a preset name or a table with an
+    optional `preset`), each problem naming its field; [] when it is fine."""
+    names = _choices(list(PRESETS))
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [] if value in PRESETS else [f"{field} must be one of {names} (got {_shown(value)})"]
+    if not isinstance(value, Mapping):
+        return [
+            f"{field} must be a preset name ({names}) or a table such as "
+            f'{{ preset = "{DEFAULT_PRESET}", max_attempts = 3 }} (got {_shown(value)})'
+        ]
+    data = dict(value)
+    preset = data.pop("preset", DEFAULT_PRESET)
+    if not isinstance(preset, str) or preset not in PRESETS:
+        return [f"{field}.preset must be one of {names} (got {_shown(preset)})"]
+    merged = {**PRESETS[preset].model_dump(), **data}
+    try:
+        Policy.model_validate(merged)
+    except ValidationError as exc:
+        extra = ["preset"]
+        return problems(exc.errors(include_url=False), Policy, prefix=field, also_allowed=extra)
+    return []
+
+
 def validate_model(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
-    """Validate with pydantic, turning its report into one sentence that names the field."""
+    """Validate with pydantic, turning its report into one sentence that names every field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -163,17 +204,133 @@ def validate_model(model: type[BaseModel], data: dict[str, Any], where: str) -> 
 def describe_validation_error(
     exc: ValidationError, where: str, model: type[BaseModel] | None = None
 ) -> str:
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or where
-    got = first.get("input")
-    message = first["msg"].replace("Input should be", "must be").replace("Value error, ", "")
-    if first["type"] == "literal_error":
-        message = f"must be one of {first['ctx']['expected']}"
-    elif first["type"] == "extra_forbidden":
-        allowed = ", ".join(sorted(model.model_fields)) if model else "listed in the README"
-        return f"Invalid {where}: unknown field {field!r}; allowed fields are {allowed}."
-    suffix = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
-    more = f"; {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
-    if field == where:  # a check across fields names them itself
-        return f"Invalid {where}: {message}{suffix}{more}."
-    return f"Invalid {where}: {field} {message}{suffix}{more}."
+    return describe_problems(where, problems(exc.errors(include_url=False), model))
+
+
+def describe_problems(where: str, found: Sequence[str]) -> str:
+    """`Invalid WHERE: a problem.` or `Invalid WHERE: 2 problems: one; two.`"""
+    if len(found) == 1:
+        return f"Invalid {where}: {found[0]}."
+    return f"Invalid {where}: {len(found)} problems: {'; '.join(found)}."
+
+
+# Pydantic's error types, said the way a user writing TOML (or Python) thinks of the value.
+_ALLOWED = {
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "missing": "is required",
+}
+
+
+def problems(
+    errors: Sequence[Mapping[str, Any]],
+    model: type[BaseModel] | None = None,
+    *,
+    prefix: str = "",
+    also_allowed: Sequence[str] = (),
+) -> list[str]:
+    """Each of pydantic's errors as `FIELD must be … (got …)`, without pydantic's internals
+    (no union branch names, no URLs)."""
+    found: list[str] = []
+    for error in errors:
+        loc = [part for part in error["loc"] if not _is_branch(part)]
+        field = _field_name([prefix, *loc] if prefix else loc)
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            owner = _model_at(model, loc[:-1]) if model else None
+            allowed = sorted({*owner.model_fields, *also_allowed}) if owner else []
+            found.append(
+                f"unknown field {field!r}"
+                + (f" (allowed fields are {', '.join(allowed)})" if allowed else "")
+            )
+            continue
+        if kind == "literal_error":
+            message = f"must be one of {error['ctx']['expected']}"
+        elif kind in _ALLOWED:
+            message = _ALLOWED[kind]
+        else:
+            message = error["msg"].replace("Input should be", "must be")
+            message = message.replace("Value error, ", "").replace("Assertion failed, ", "")
+        got = "" if kind == "missing" else f" (got {_shown(error.get('input'))})"
+        if isinstance(error.get("input"), Mapping) and kind not in _ALLOWED:
+            got = ""  # a check across fields: the message names them
+        if loc:
+            found.append(f"{field} {message}{got}")
+        else:  # a check across fields: its message names them
+            found.append(f"{field}: {message}{got}" if field else f"{message}{got}")
+    return list(dict.fromkeys(found))
+
+
+def _is_branch(part: Any) -> bool:
+    """Pydantic names the member of a union it tried (`str`, `function-after[...]`)."""
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "list", "dict") or "[" in part
+    )
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif part:
+            name += f".{part}" if name else str(part)
+    return name
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model that holds the field at `loc` (for an unknown field: which fields it allows)."""
+    current: Any = model
+    parts = list(loc)
+    while True:
+        current = _unwrap(current)
+        if not parts:
+            return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        part = parts.pop(0)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if part not in current.model_fields:
+                return None
+            current = current.model_fields[part].annotation
+        elif get_origin(current) in (dict, Mapping) and get_args(current):
+            current = get_args(current)[1]
+        elif get_origin(current) in (list, Sequence) and get_args(current):
+            current = get_args(current)[0]
+        else:
+            return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` → X."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it in TOML: "yes", true, 5, [ … ]."""
+    if isinstance(value, str | bool) or value is None:
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _choices(names: Sequence[str]) -> str:
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
