@@ -119,14 +119,19 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return done.stdout.strip()
 
 
+def repo_file(root: Path, i: int) -> Path:
+    """The path of generated file number `i` in a `make_repo` tree."""
+    return root / f"pkg{i % 50:02d}" / f"mod{i % 7}" / f"file{i:05d}.py"
+
+
 def make_repo(root: Path, files: int, *, size: int = 600) -> Path:
     """A committed git repo of `files` small source files in nested folders."""
     root.mkdir(parents=True)
     body = ("x = 1  # filler line\n" * (size // 21 + 1))[:size]
     for i in range(files):
-        folder = root / f"pkg{i % 50:02d}" / f"mod{i % 7}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"file{i:05d}.py").write_text(f"# {i}\n{body}")
+        path = repo_file(root, i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# {i}\n{body}")
     (root / ".gitignore").write_text("*.log\n__pycache__/\n")
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
@@ -137,11 +142,15 @@ def make_repo(root: Path, files: int, *, size: int = 600) -> Path:
 def agent_step_edit(root: Path, step: int, files: int) -> None:
     """What one agent step does to the tree: modify 10 files, create 1, delete 1."""
     for k in range(10):
-        i = (step * 37 + k * 101) % files
-        path = root / f"pkg{i % 50:02d}" / f"mod{i % 7}" / f"file{i:05d}.py"
-        if path.exists():
-            path.write_text(path.read_text() + f"# step {step} edit {k}\n")
+        path = repo_file(root, (step * 37 + k * 101) % files)
+        path.write_text(path.read_text() + f"# step {step} edit {k}\n")
     (root / "pkg00" / f"new_step{step}.py").write_text(f"created = {step}\n")
     old = root / "pkg00" / f"new_step{step - 1}.py"
     if old.exists():
         old.unlink()
+
+
+def changed_paths(root: Path) -> list[str]:
+    """Paths `git status` reports as changed, added or deleted against the repo's HEAD."""
+    out = git(root, "status", "--porcelain", "--untracked-files=all")
+    return [line.split(None, 1)[1] for line in out.splitlines() if line.strip()]
