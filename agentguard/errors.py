@@ -12,6 +12,7 @@ Every message is one sentence a person can act on: what went wrong and what to d
     └── StepFailed             a guarded step could not be served
         ├── RetriesExhausted   every allowed attempt failed with a retryable error
         └── RunQueued          policy forbids substitution: the run waits until next_attempt_at
+    Refuse                     returned or raised by on_substitution: a person's veto
 
 Errors about the request itself (400, 413) or the account (401, 402, 403) are not wrapped:
 the SDK's own exception is raised unchanged, with a note naming the attempts and request-id,
@@ -53,6 +54,19 @@ class RunBusy(StoreError):
 
 class SnapshotError(AgentGuardError):
     """The shadow git store could not take or restore a snapshot."""
+
+
+class Refuse(AgentGuardError):
+    """A person's veto of a substitution: return it (or raise it) from `on_substitution`.
+
+    The caller then does not get the other model's answer: the step is recorded `refused`
+    with the response kept (it was paid for), the run waits as under `forbid`, and the call
+    raises RunQueued. `agentguard resume RUN --accept` hands the kept response over later;
+    a plain resume asks the primary again."""
+
+    def __init__(self, reason: str = "refused by on_substitution") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class StepFailed(AgentGuardError):

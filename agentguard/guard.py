@@ -30,8 +30,9 @@ from agentguard.budget import BudgetSettings, RetryBudget
 from agentguard.classify import RETRYABLE, Action, Decision, Failure, Kind, decide, describe
 from agentguard.clock import Clock, SystemClock
 from agentguard.conversation import Head, delta, request_blob
-from agentguard.errors import ProjectError, RetriesExhausted, RunQueued
+from agentguard.errors import ProjectError, Refuse, RetriesExhausted, RunQueued
 from agentguard.home import project_key
+from agentguard.model_ids import same_model
 from agentguard.plan import Action as PlanAction
 from agentguard.plan import Call, Sleep, StepPlan
 from agentguard.policy import Policy, resolve_policy
@@ -59,7 +60,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         run: str | None = None,
         policy: str | Policy | dict[str, Any] | None = None,
         chain: Sequence[Route] = (),
-        on_substitution: Callable[[StepInfo], None] | None = None,
+        on_substitution: Callable[[StepInfo], Refuse | None] | None = None,
         home: str | os.PathLike[str] | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -418,8 +419,10 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         """Record who served the step; with `hand_over`, announce it and return the caller's
         object (a call cancelled after its answer came still keeps the response for resume)."""
         requested = state.request.route
-        substituted = route.key != requested.key
-        reason = summarize(failed) if substituted else None
+        served_model = served.model or route.model
+        swapped = not same_model(route.model, served_model)  # the provider's own substitution
+        substituted = route.key != requested.key or swapped
+        reason = substitution_reason(failed, route, requested, served_model, swapped)
         info = StepInfo(
             run_id=self.run_id,
             step_id=state.step_id,
@@ -427,7 +430,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             requested_provider=requested.provider,
             requested_model=requested.model,
             served_provider=route.provider,
-            served_model=served.model or route.model,
+            served_model=served_model,
             substituted=substituted,
             reason=reason,
             attempts=tuple(state.attempts),
@@ -461,9 +464,14 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         )
         if served.notes:
             self.event(state.step_id, "translation_dropped", route=route.key, dropped=served.notes)
-        if substituted:
-            self._announce(info, notify=hand_over)
         attach(served.value, info)
+        if not substituted:
+            return served.value
+        refusal = self._announce(info, notify=hand_over)
+        if swapped and self.policy.substitution == "forbid":
+            refusal = Refuse(f"policy {self.policy.name!r} forbids substitution")
+        if refusal is not None and hand_over:
+            self._refuse(state, info, refusal)
         return served.value
 
     # -- endings ---------------------------------------------------------------------------------
@@ -529,6 +537,26 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             step_id=str(state.step_id),
             attempts=state.attempts,
         ) from cause
+
+
+def substitution_reason(
+    failed: Sequence[RouteFailure],
+    route: Route,
+    requested: Route,
+    served_model: str,
+    swapped: bool,
+) -> str | None:
+    """Why another model served, saying who substituted: agentguard (the route changed after
+    the requested one failed) or the provider (it answered with another model)."""
+    parts = []
+    if route.key != requested.key:
+        parts.append(summarize(failed))
+    if swapped:
+        parts.append(
+            f"served by {served_model} instead of {route.model} — the provider answered with "
+            "another model"
+        )
+    return "; ".join(parts) or None
 
 
 def project_folder(project: str | os.PathLike[str]) -> Path:

@@ -77,8 +77,13 @@ def resume(
     project: str | os.PathLike[str] | None = None,
     restore: bool = True,
     store: Store | None = None,
+    accept: bool = False,
 ) -> ResumedRun:
     """Bring back a run's last consistent (conversation, tree) pair.
+
+    A step whose substitution was refused (by `on_substitution` or by `forbid`) kept the other
+    model's answer: `accept=True` hands that answer over (it is in `messages` and `response`)
+    instead of asking again; without it, the step's request is to be sent to the primary again.
 
     Refuses (RunBusy) a run another live process still drives, before touching anything. The
     working tree is restored to that checkpoint (after snapshotting the current tree, recorded
@@ -103,6 +108,8 @@ def resume(
         run = move_project(store, run, folder)
     shadow = ShadowRepo(folder, shadow_dir(store, run))
     step, checkpoint = _last_consistent(steps, run_id, shadow)
+    if accept:
+        step = accept_refused(store, run_id, step)
     messages = store.conversation(step["id"])
     response = _recorded_response(step)
     if response is not None:
@@ -157,6 +164,34 @@ def _last_consistent(
         if checkpoint:
             return step, checkpoint
     return steps[-1], None
+
+
+def accept_refused(store: Store, run_id: str, step: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A person accepts the refused substitution of the run's newest step (or `step`): its
+    kept answer becomes the step's recorded response, handed over by the next resume."""
+    if step is None:
+        rows = store.query(
+            "select * from steps where run_id = ? order by number desc limit 1", [run_id]
+        )
+        step = rows[0] if rows else None
+    if step is None or step["status"] != "refused" or not step["response"]:
+        raise RunNotFound(
+            f"Run {run_id} has no refused substitution to accept; resume it without --accept."
+        )
+    with store.write() as db:
+        db["steps"].update(step["id"], {"status": "ok"})
+        db["events"].insert(
+            {
+                "run_id": run_id,
+                "step_id": step["id"],
+                "at": time.time(),
+                "kind": "substitution_accepted",
+                "detail": json.dumps(
+                    {"served": step["served_model"], "refused": step["error"]}, sort_keys=True
+                ),
+            }
+        )
+    return {**step, "status": "ok"}
 
 
 def _snapshot_ref(shadow: ShadowRepo, run_id: str, number: int) -> str | None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import UTC, datetime
 from typing import Any
 
 from agentguard.clock import Clock
-from agentguard.errors import RunQueued
+from agentguard.errors import Refuse, RunQueued
 from agentguard.policy import Policy
 from agentguard.process_end import describe as describe_exception
 from agentguard.records import AttemptRecord, StepInfo
@@ -29,7 +30,7 @@ class StepRecording:
     clock: Clock
     run_id: str
     policy: Policy
-    on_substitution: Callable[[StepInfo], None] | None
+    on_substitution: Callable[[StepInfo], Refuse | None] | None
     _last_status: str
     _took_checkpoint: Callable[[StepState, Snapshot], None]  # TreeKeeping._took_checkpoint
 
@@ -57,12 +58,13 @@ class StepRecording:
         self.store.update_attempt(state.attempt_row, record.row())
         state.in_flight = False
 
-    def _announce(self, info: StepInfo, *, notify: bool = True) -> None:
+    def _announce(self, info: StepInfo, *, notify: bool = True) -> Refuse | None:
         """A substitution is never silent: always recorded, announced when the policy says so.
 
-        The callback is told after the step is stored. An exception it raises is recorded as a
-        `callback_failed` event and logged, and the response is still returned: it was paid
-        for, and a notification failing must not lose it."""
+        The callback is told after the step is stored, and may veto it by returning or raising
+        `Refuse`. Any other exception it raises is recorded as a `callback_failed` event and
+        logged, and the response is still returned: it was paid for, and a notification
+        failing must not lose it."""
         self.event(
             info.step_id,
             "substitution",
@@ -76,17 +78,19 @@ class StepRecording:
             f"({info.served_provider}) instead of {info.requested_model}: {info.reason}"
         )
         if self.policy.substitution == "announce" and self.on_substitution is not None:
-            if notify:
-                self._notify(info)
-        elif self.policy.substitution == "announce":
+            return self._notify(info) if notify else None
+        if self.policy.substitution == "announce":
             log.warning(message)
         else:
             log.info(message)
+        return None
 
-    def _notify(self, info: StepInfo) -> None:
+    def _notify(self, info: StepInfo) -> Refuse | None:
         assert self.on_substitution is not None
         try:
-            self.on_substitution(info)
+            answer = self.on_substitution(info)
+        except Refuse as refusal:
+            return refusal
         except Exception as exc:
             self.event(
                 info.step_id,
@@ -102,6 +106,42 @@ class StepRecording:
                 describe_exception(exc),
                 info.step,
             )
+            return None
+        return answer if isinstance(answer, Refuse) else None
+
+    def _refuse(self, state: StepState, info: StepInfo, refusal: Refuse) -> None:
+        """A refused substitution: the step is `refused` with its response kept (it was paid
+        for), the run waits as under `forbid`, and the caller gets RunQueued, not the answer."""
+        now = self.clock.now()
+        when = datetime.fromtimestamp(now + self.policy.queue_delay, UTC)
+        why = f"{info.reason}; {refusal.reason}"
+        self.store.update_step(state.step_id, status="refused", error=refusal.reason)
+        self._last_status = "waiting"
+        self.store.update_run(
+            self.run_id,
+            status="waiting",
+            updated_at=now,
+            next_attempt_at=when.timestamp(),
+            last_error=why,
+        )
+        self.event(
+            state.step_id,
+            "substitution_refused",
+            served=f"{info.served_provider}:{info.served_model}",
+            reason=refusal.reason,
+            next_attempt_at=when.timestamp(),
+        )
+        raise RunQueued(
+            f"run {self.run_id} step {state.number} is queued until {when:%Y-%m-%d %H:%M:%S} "
+            f"UTC: {info.served_model} answered instead of {info.requested_model} "
+            f"({info.reason}) and it was refused ({refusal.reason}); the answer is kept: "
+            f"`agentguard resume {self.run_id} --accept` hands it over, a plain "
+            f"`agentguard resume {self.run_id}` asks {info.requested_model} again.",
+            next_attempt_at=when,
+            run_id=self.run_id,
+            step_id=str(state.step_id),
+            attempts=info.attempts,
+        )
 
     def _cancel_step(self, state: StepState, exc: BaseException) -> None:
         """The caller cancelled or interrupted the call: the step and its attempt in flight

@@ -14,7 +14,7 @@ from agentguard.breaker import BreakerSettings
 from agentguard.budget import BudgetSettings
 from agentguard.clock import Clock
 from agentguard.config import load_config
-from agentguard.errors import ConfigError
+from agentguard.errors import ConfigError, Refuse
 from agentguard.guard import Guard, StepRequest, project_folder
 from agentguard.plan import adrive, drive
 from agentguard.policy import Policy
@@ -33,7 +33,7 @@ def wrap(
     run: str | None = None,
     policy: str | Policy | dict[str, Any] | None = None,
     chain: Iterable[ChainEntry] | None = None,
-    on_substitution: Callable[[StepInfo], None] | None = None,
+    on_substitution: Callable[[StepInfo], Refuse | None] | None = None,
     config: str | os.PathLike[str] | None = None,
     home: str | os.PathLike[str] | None = None,
     clock: Clock | None = None,

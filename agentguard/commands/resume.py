@@ -43,6 +43,7 @@ loop in Python with the lines printed.
 examples:
   agentguard resume 3f2a1b9c0d1e
   agentguard resume 3f2a1b9c0d1e --project ~/src/moved-here --no-restore
+  agentguard resume 3f2a1b9c0d1e --accept    # take the refused substitution's kept answer
   agentguard resume --due --json
 """
 PREVIEW = 72
@@ -62,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="leave the working tree as it is",
     )
+    parser.add_argument(
+        "--accept",
+        action="store_true",
+        help="hand over the kept answer of a refused substitution instead of asking again",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -70,14 +76,20 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         raise Refused("Give either a run id or --due (e.g. `agentguard resume 3f2a1b9c0d1e`).")
     if args.due and args.project:
         raise Refused("--project applies to one run; use it with a run id, not with --due.")
+    if args.due and args.accept:
+        raise Refused("--accept applies to one run; use it with a run id, not with --due.")
     store = ctx.store()
     if args.due:
         return _due(ctx, store, args)
     row = find_run(store, args.run)
     project = Path(args.project).expanduser() if args.project else None
     _check(store, row, project, args.restore)
+    if args.accept:
+        _check_refused(store, row)
     with acting():
-        resumed = resume(row["id"], project=project, restore=args.restore, store=store)
+        resumed = resume(
+            row["id"], project=project, restore=args.restore, store=store, accept=args.accept
+        )
     doc = _as_json(resumed, ctx.home, project)
     if ctx.as_json:
         ctx.print_json(doc)
@@ -117,6 +129,14 @@ def _check(store: Store, row: dict[str, Any], project: Path | None, restore: boo
             checkpoint,
             f"The checkpoint of run {row['id']} step {step['number']}",
             hint="resume with --no-restore to keep the working tree as it is",
+        )
+
+
+def _check_refused(store: Store, row: dict[str, Any]) -> None:
+    steps = store.steps(row["id"])
+    if not steps or steps[-1]["status"] != "refused":
+        raise Refused(
+            f"Run {row['id']} has no refused substitution to accept; resume it without --accept."
         )
 
 

@@ -183,6 +183,8 @@ class FakeProvider:
             self._records.append(record)
         if reply.latency:
             ex.sleep(reply.latency)
+        if reply.served_model:
+            ctx = replace(ctx, model=reply.served_model)
         play(ex, wire, reply, turn, ctx, stream=stream)
 
     def _choose(
