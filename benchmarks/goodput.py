@@ -3,7 +3,13 @@
 Three scenarios on the fake provider (primary claude-opus-4-7, fallback claude-sonnet-4-6,
 both answering in 0.2 s when healthy): a 20 s full outage of the primary; 1.5 s blips of 529s
 at t = 3, 9, 15 and 21 s; a 20 s partial overload where each primary request fails with
-probability 0.5. Each agent runs 25 steps (a model call, then 0.8 s of "tools").
+probability 0.5. Each agent runs 25 steps: a model call, then 0.8 s of "tools" in which it
+edits its project (3 files modified, 1 created, the one it created last step deleted).
+
+Each agent works in its own project folder, a git checkout of this repository's tracked files
+(as agents on one machine each get their own worktree), and agentguard runs as users run it:
+snapshots on, each step checkpointing that tree. Every client does the same edits; only
+agentguard snapshots.
 
 Clients: agentguard; the seed article's retry loop; its tier-fallback chain; the anthropic
 SDK's built-in retries; tenacity's `wait_random_exponential`; LiteLLM's Router with fallbacks
@@ -11,16 +17,18 @@ SDK's built-in retries; tenacity's `wait_random_exponential`; LiteLLM's Router w
 
 Per client: steps completed, p50/p95 step latency, requests per second to the primary during
 the fault, substituted steps, and seconds until steps are back on the primary after recovery.
+Latency percentiles are over every step: a failed step counts as never finishing (+∞), so a
+client that fails more than 5 % of its steps has an infinite p95.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -34,7 +42,7 @@ import anthropic
 
 import agentguard
 from agentguard.testing import FakeProvider, ok, overloaded
-from benchmarks.common import Report
+from benchmarks.common import Report, git
 
 PRIMARY, FALLBACK = "claude-opus-4-7", "claude-sonnet-4-6"
 AGENTS, STEPS, TOOL_TIME, LATENCY = 4, 25, 0.8, 0.2
@@ -103,7 +111,6 @@ def agentguard_client(base_url: str, home: Path, project: Path) -> Ask:
         chain=[f"anthropic:{PRIMARY}", f"anthropic:{FALLBACK}"],
         policy=_policy(),
         budget=_budget(),
-        snapshots=False,
     )
 
     def ask(messages: list[dict[str, Any]]) -> str:
@@ -231,10 +238,42 @@ CLIENTS: dict[str, Callable[..., Ask]] = {
 }
 
 
+# -- the agents' projects ------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+EDITED = 3  # files an agent's tools modify each step, beside the one it creates and deletes
+
+
+def project_template(workdir: Path) -> Path:
+    """This repository's tracked files at HEAD, as a committed git checkout."""
+    template = workdir / "template"
+    template.mkdir()
+    archive = workdir / "head.tar"
+    git(ROOT, "archive", "--format=tar", "-o", str(archive), "HEAD")
+    shutil.unpack_archive(archive, template)
+    git(template, "init", "-q", "-b", "main")
+    git(template, "add", "-A")
+    git(template, "commit", "-q", "-m", "the project")
+    return template
+
+
+def sources(project: Path) -> list[Path]:
+    return sorted(project.glob("agentguard/**/*.py"))
+
+
+def tools(project: Path, files: list[Path], step: int) -> None:
+    """What an agent's tools do to its project in one step."""
+    for k in range(EDITED):
+        path = files[(step * EDITED + k) % len(files)]
+        path.write_text(path.read_text() + f"# edited by the agent at step {step}\n")
+    (project / f"notes_step{step}.md").write_text(f"# step {step}\n\nwhat changed and why\n")
+    (project / f"notes_step{step - 1}.md").unlink(missing_ok=True)
+
+
 # -- running a scenario --------------------------------------------------------------------------
 
 
-def run(client_name: str, scenario: Scenario, workdir: Path) -> Outcome:
+def run(client_name: str, scenario: Scenario, workdir: Path, template: Path) -> Outcome:
     rng = random.Random(7)
     outcome = Outcome(client_name, scenario)
     lock = threading.Lock()
@@ -251,15 +290,18 @@ def run(client_name: str, scenario: Scenario, workdir: Path) -> Outcome:
             return ok(latency=LATENCY)
 
         fake.set_faults(faults)
-        home = workdir / f"home-{client_name.replace(' ', '_')}-{scenario.name[:4]}"
-        project = workdir / "project"
-        project.mkdir(exist_ok=True)
-        asks = [CLIENTS[client_name](fake.base_url, home, project) for _ in range(AGENTS)]
+        label = f"{client_name.replace(' ', '_')}-{scenario.name[:4]}"
+        home = workdir / f"home-{label}"
+        projects = [workdir / f"project-{label}-{n}" for n in range(AGENTS)]
+        for project in projects:
+            shutil.copytree(template, project)
+        asks = [CLIENTS[client_name](fake.base_url, home, project) for project in projects]
 
-        def agent(ask: Ask) -> None:
+        def agent(ask: Ask, project: Path) -> None:
+            files = sources(project)
             time.sleep(max(START - (time.monotonic() - zero), 0))
             messages = [{"role": "user", "content": "fix the bug"}]
-            for _ in range(STEPS):
+            for step in range(1, STEPS + 1):
                 began = time.monotonic()
                 try:
                     served: str | None = ask(messages)
@@ -273,22 +315,50 @@ def run(client_name: str, scenario: Scenario, workdir: Path) -> Outcome:
                     {"role": "assistant", "content": "done"},
                     {"role": "user", "content": "next"},
                 ]
-                time.sleep(TOOL_TIME)
+                tools_began = time.monotonic()
+                tools(project, files, step)
+                time.sleep(max(TOOL_TIME - (time.monotonic() - tools_began), 0))
 
-        threads = [threading.Thread(target=agent, args=(ask,)) for ask in asks]
+        threads = [
+            threading.Thread(target=agent, args=(ask, project))
+            for ask, project in zip(asks, projects, strict=True)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+    if client_name == "agentguard":
+        _check_snapshots(home, projects)
     return outcome
+
+
+def _check_snapshots(home: Path, projects: list[Path]) -> None:
+    """The set-up checks itself: every agentguard step checkpointed its agent's tree."""
+    from agentguard.store import Store
+
+    store = Store.open(home)
+    try:
+        rows = store.query(
+            "select r.project, count(s.id) as steps, count(s.checkpoint) as checkpoints "
+            "from runs r join steps s on s.run_id = r.id where s.status = 'ok' group by r.project"
+        )
+    finally:
+        store.close()
+    for row in rows:
+        if row["checkpoints"] != row["steps"]:
+            raise AssertionError(f"set-up: {row} — a completed step without a snapshot")
+    if {Path(r["project"]).resolve() for r in rows} != {p.resolve() for p in projects}:
+        raise AssertionError(f"set-up: runs in {[r['project'] for r in rows]}, not {projects}")
 
 
 def figures(outcome: Outcome, report: Report) -> None:
     sc, name = outcome.scenario, outcome.client
     ok_steps = [s for s in outcome.steps if s.served is not None]
-    latencies = sorted(s.latency for s in ok_steps)
-    p50 = statistics.median(latencies) if latencies else float("nan")
-    p95 = latencies[max(int(0.95 * len(latencies)) - 1, 0)] if latencies else float("nan")
+    failed = len(outcome.steps) - len(ok_steps)
+    # every step counts: a failed step never finished (+∞)
+    latencies = sorted(s.latency if s.served is not None else math.inf for s in outcome.steps)
+    p50 = _rank(latencies, 0.50)
+    p95 = _rank(latencies, 0.95)
     during = [t for t in outcome.primary_requests if any(a <= t < b for a, b in sc.windows)]
     rate = len(during) / sc.fault_seconds
     # once a breaker could have seen the outage: all but the first SETTLE seconds of each window
@@ -308,8 +378,9 @@ def figures(outcome: Outcome, report: Report) -> None:
     case = f"{sc.name}: {name}"
     total = AGENTS * STEPS
     report.add("goodput", case, "steps completed", len(ok_steps), f"/ {total}")
-    report.add("goodput", case, "p50 step latency", p50, "s")
-    report.add("goodput", case, "p95 step latency", p95, "s")
+    every = f"all {len(outcome.steps)} steps, {failed} failed counted as +∞"
+    report.add("goodput", case, "p50 step latency", p50, "s", note=every)
+    report.add("goodput", case, "p95 step latency", p95, "s", note=every)
     report.add(
         "goodput",
         case,
@@ -326,6 +397,13 @@ def figures(outcome: Outcome, report: Report) -> None:
         _targets(report, sc, len(ok_steps), p95, settled_rate, substituted, per_step, recovery)
 
 
+def _rank(values: list[float], q: float) -> float:
+    """The nearest-rank percentile of sorted values."""
+    if not values:
+        return math.nan
+    return values[max(math.ceil(q * len(values)) - 1, 0)]
+
+
 def _targets(
     report: Report,
     sc: Scenario,
@@ -336,7 +414,7 @@ def _targets(
     per_step: float,
     recovery: float,
 ) -> None:
-    """Mark the DESIGN.md targets on agentguard's own rows."""
+    """Mark the targets (benchmarks/README.md) on agentguard's own rows."""
     rows = {f.metric: f for f in report.figures[-7:] if f.case.endswith(": agentguard")}
     total = AGENTS * STEPS
 
@@ -362,10 +440,11 @@ def main(clients: list[str], scenarios: list[Scenario]) -> Report:
     report = Report()
     workdir = Path(tempfile.mkdtemp(prefix="agentguard-bench-goodput-"))
     try:
+        template = project_template(workdir)
         for scenario in scenarios:
             for name in clients:
                 try:
-                    outcome = run(name, scenario, workdir)
+                    outcome = run(name, scenario, workdir, template)
                 except ImportError as exc:
                     report.add(
                         "goodput",
