@@ -27,7 +27,8 @@ GIT_ENV = {
 
 @dataclass
 class Figure:
-    """One measured number, beside its target (if DESIGN.md sets one) and the floor."""
+    """One measured number, beside its target (benchmarks/README.md) and a baseline (plain git
+    doing the same work, for the checkpoint benchmark)."""
 
     benchmark: str
     case: str
@@ -36,7 +37,7 @@ class Figure:
     unit: str
     target: str = ""
     meets: bool | None = None
-    floor: float | None = None
+    baseline: float | None = None
     note: str = ""
 
 
@@ -50,15 +51,15 @@ class Report:
         return figure
 
     def table(self) -> str:
-        rows = [("benchmark", "case", "metric", "value", "floor", "target", "ok", "note")]
+        rows = [("benchmark", "case", "metric", "value", "baseline", "target", "ok", "note")]
         for f in self.figures:
             rows.append(
                 (
                     f.benchmark,
                     f.case,
                     f.metric,
-                    f"{f.value:.3g} {f.unit}",
-                    "" if f.floor is None else f"{f.floor:.3g} {f.unit}",
+                    number(f.value, f.unit),
+                    "" if f.baseline is None else number(f.baseline, f.unit),
                     f.target,
                     {True: "yes", False: "NO", None: ""}[f.meets],
                     f.note,
@@ -81,6 +82,12 @@ class Report:
             + "\n"
         )
         return path
+
+
+def number(value: float, unit: str) -> str:
+    """A figure as printed: 3 significant digits, ∞ for a step that never finished."""
+    shown = "∞" if value == float("inf") else f"{value:.3g}"
+    return f"{shown} {unit}".strip()
 
 
 def machine() -> dict[str, Any]:

@@ -11,11 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS
-
-
-def _number(value: float, unit: str) -> str:
-    return f"{value:.3g} {unit}".strip()
+from benchmarks.common import RESULTS, number
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -25,16 +21,17 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Python {m.get('python', '?')}, {m.get('git', 'git ?')}.",
         "",
     ]
-    lines.append("| benchmark | case | metric | value | floor | target | met |")
+    lines.append("| benchmark | case | metric | value | baseline | target | met |")
     lines.append("|---|---|---|---|---|---|---|")
     for f in doc["figures"]:
-        value = _number(f["value"], f["unit"])
+        value = number(f["value"], f["unit"])
         if f.get("note"):
             value += f" ({f['note']})"
-        floor = "" if f.get("floor") is None else _number(f["floor"], f["unit"])
+        base = f.get("baseline", f.get("floor"))  # runs saved before the rename say "floor"
+        baseline = "" if base is None else number(base, f["unit"])
         met = {True: "yes", False: "**no**", None: ""}[f.get("meets")]
         lines.append(
-            f"| {f['benchmark']} | {f['case']} | {f['metric']} | {value} | {floor} | "
+            f"| {f['benchmark']} | {f['case']} | {f['metric']} | {value} | {baseline} | "
             f"{f.get('target') or ''} | {met} |"
         )
     return "\n".join(lines)
