@@ -86,7 +86,12 @@ class Report:
 
 def number(value: float, unit: str) -> str:
     """A figure as printed: 3 significant digits, ∞ for a step that never finished."""
-    shown = "∞" if value == float("inf") else f"{value:.3g}"
+    if value == float("inf"):
+        shown = "∞"
+    elif abs(value) >= 1000:
+        shown = f"{value:,.0f}"
+    else:
+        shown = f"{value:.3g}"
     return f"{shown} {unit}".strip()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import checkpoint, conversation, goodput, resume
+from benchmarks import checkpoint, conversation, goodput, resume, tui_scale
 from benchmarks.common import Report
 
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         ("checkpoint", lambda: checkpoint.main(sizes)),
         ("conversation", conversation.main),
         ("resume", resume.main),
+        ("tui_scale", lambda: tui_scale.main(["--runs", "1000"] if args.quick else [])),
         (
             "goodput",
             lambda: goodput.main(

@@ -1,6 +1,6 @@
 """`agentguard watch` at scale: 10,000 runs and 500,000 attempts in the store.
 
-    python benchmarks/tui_scale.py [--runs 10000] [--steps-per-run 25] [--attempts-per-step 2]
+    python -m benchmarks.tui_scale [--runs 10000] [--steps-per-run 25] [--attempts-per-step 2]
 
 Generates a temporary store (runs over 30 days, 3 % of steps substituted, a few runs running
 or queued), then measures, headless at 80×24:
@@ -12,7 +12,8 @@ or queued), then measures, headless at 80×24:
   and the worst event-loop stall measured while refreshes happen (what "smooth" means here);
 - a key press moving the cursor in the runs list.
 
-Prints one table. Figures, not pass/fail: tests never time anything.
+Prints one table and saves it (results/tui_scale.json; `make bench` runs it with the rest).
+Figures, no targets.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from agentguard.tui.data import StoreReader  # noqa: E402
 from agentguard.tui.screens.runs import RunsScreen  # noqa: E402
 from agentguard.tui.watch import quiet_gc  # noqa: E402
 from agentguard.tui.widgets import KeyedTable  # noqa: E402
-from benchmarks.common import timed  # noqa: E402
+from benchmarks.common import Report, timed  # noqa: E402
 
 NOW = time.time()
 DAYS = 30
@@ -229,18 +230,12 @@ async def refreshes(db: Path, home: Path, rounds: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--steps-per-run", type=int, default=25)
-    parser.add_argument("--attempts-per-step", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
-
+def measure(runs: int, steps_per_run: int, attempts_per_step: int, rounds: int) -> Report:
+    """Generate the store, measure the worker's queries and the app, as figures."""
     with tempfile.TemporaryDirectory(prefix="agentguard-tui-scale-") as tmp:
         home = Path(tmp)
         start = time.perf_counter()
-        counts = generate(home, args.runs, args.steps_per_run, args.attempts_per_step)
+        counts = generate(home, runs, steps_per_run, attempts_per_step)
         generated = time.perf_counter() - start
         db = home / DB_NAME
         size_mb = db.stat().st_size / 1e6
@@ -249,7 +244,7 @@ def main() -> None:
         some_run = reader.query("select id from runs where status = 'running' limit 1")[0]["id"]
         queries = {
             "runs page (500 newest + active)": timed(lambda: reader.runs_page(limit=500)),
-            "one run's detail (25 steps)": timed(lambda: reader.run_detail(some_run)),
+            f"one run's detail ({steps_per_run} steps)": timed(lambda: reader.run_detail(some_run)),
             "metrics, last 24 h": timed(
                 lambda: reader.metrics(since=NOW - 86400, until=NOW, window="24h"), 3
             ),
@@ -262,31 +257,48 @@ def main() -> None:
 
         quiet_gc()  # as `agentguard watch` does before it starts the app
         firsts = [asyncio.run(first_screen(db)) for _ in range(3)]
-        refresh = asyncio.run(refreshes(db, home, args.rounds))
+        refresh = asyncio.run(refreshes(db, home, rounds))
 
+    case = f"{counts['runs']:,} runs, {counts['attempts']:,} attempts"
+    report = Report()
+    report.add(
+        "tui_scale",
+        case,
+        "store",
+        size_mb,
+        "MB",
+        note=f"{counts['steps']:,} steps; generated in {generated:.1f} s",
+    )
+    for name, ms in queries.items():
+        report.add("tui_scale", case, f"worker: {name}", ms, "ms")
     rows = [
-        ("store", f"{counts['runs']:,} runs · {counts['steps']:,} steps · "
-                  f"{counts['attempts']:,} attempts · {size_mb:.0f} MB "
-                  f"(generated in {generated:.1f} s)"),
-        *((f"worker: {name}", f"{ms:.1f} ms") for name, ms in queries.items()),
-        ("time to first screen (median of 3)", f"{statistics.median(firsts):.0f} ms"),
-        ("  of which the first table fill", f"{refresh['first_apply']:.0f} ms"),
-        ("new attempt committed → view reloaded", f"{refresh['attempt_shown']:.0f} ms "
-                                                  "(poll every 500 ms)"),
-        ("new run committed → row on screen", f"{refresh['run_shown']:.0f} ms"),
-        ("UI thread per refresh (median / max)", f"{refresh['apply_median']:.1f} / "
-                                                 f"{refresh['apply_max']:.1f} ms"),
-        ("worst event-loop stall during refreshes", f"{refresh['lag_worst']:.1f} ms"),
-        ("key press (cursor up), incl. Pilot", f"{refresh['key']:.0f} ms"),
-        ("rows in the runs table", f"{refresh['rows']:,}"),
-    ]  # fmt: skip
-    width = max(len(name) for name, _ in rows)
-    print(f"\nagentguard watch at scale (80×24, headless, Python {sys.version.split()[0]})\n")
-    print(f"{'measure'.ljust(width)}  value")
-    print(f"{'-' * width}  {'-' * 40}")
-    for name, value in rows:
-        print(f"{name.ljust(width)}  {value}")
+        ("time to first screen", statistics.median(firsts), "median of 3"),
+        ("first table fill (UI thread)", refresh["first_apply"], ""),
+        ("new attempt committed → view reloaded", refresh["attempt_shown"], "polls every 500 ms"),
+        ("new run committed → row on screen", refresh["run_shown"], ""),
+        ("UI thread per refresh, median", refresh["apply_median"], ""),
+        ("UI thread per refresh, max", refresh["apply_max"], ""),
+        ("worst event-loop stall during refreshes", refresh["lag_worst"], ""),
+        ("key press (cursor up), incl. Pilot", refresh["key"], "median of 10"),
+    ]
+    for metric, ms, note in rows:
+        report.add("tui_scale", case, metric, ms, "ms", note=note)
+    report.add("tui_scale", case, "rows in the runs table", refresh["rows"], "")
+    return report
+
+
+def main(argv: list[str] | None = None) -> Report:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--steps-per-run", type=int, default=25)
+    parser.add_argument("--attempts-per-step", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args(argv)
+    return measure(args.runs, args.steps_per_run, args.attempts_per_step, args.rounds)
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    print(f"agentguard watch at scale (80×24, headless, Python {sys.version.split()[0]})")
+    print(result.table())
+    print(result.save("tui_scale"))
