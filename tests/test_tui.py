@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Footer
+from textual.widgets import DataTable, Footer, Static
 
 from agentguard.metrics import compute
 from agentguard.snapshots import ShadowRepo
@@ -320,7 +320,7 @@ def test_runs_list_shows_status_project_age_steps_models_substitutions_error(sto
             assert "queued — next attempt 2027-01-15 08:04:12 UTC (in 4m 12s)" in runs.text_of(
                 WAITING
             )
-            preview = str(app.screen.query_one("#preview").render())
+            preview = str(app.screen.query_one("#preview", Static).content)
             assert "docs-sweep" in preview and "last error: 400 invalid_request_error" in preview
 
     run(scenario)

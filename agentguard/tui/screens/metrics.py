@@ -16,7 +16,7 @@ from textual.widgets import Footer, Static
 from agentguard.metrics import Metrics
 from agentguard.tui import formatting as fmt
 from agentguard.tui.data import MetricsView
-from agentguard.tui.widgets import Banner
+from agentguard.tui.widgets import Banner, Clipped
 
 if TYPE_CHECKING:
     from agentguard.tui.app import WatchApp
@@ -122,7 +122,6 @@ class MetricsScreen(Screen[None]):
 
     DEFAULT_CSS = """
     MetricsScreen #metrics-head { height: 1; padding: 0 1; background: $panel; }
-    MetricsScreen #alerts { max-height: 4; }
     MetricsScreen #metrics-body { height: 1fr; padding: 0 1; }
     MetricsScreen #figures { height: auto; margin-bottom: 1; }
     MetricsScreen #tables { height: auto; }
@@ -134,7 +133,7 @@ class MetricsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static("metrics · loading…", id="metrics-head")
-        yield Banner(id="alerts")
+        yield Banner(id="alerts", max_lines=4)
         with VerticalScroll(id="metrics-body"):
             yield Static("", id="figures")
             yield Static("", id="tables")
@@ -149,13 +148,12 @@ class MetricsScreen(Screen[None]):
         m = view.metrics
         app = self.watch_app
         label = "all time" if view.window == "all" else f"last {view.window}"
-        self.query_one("#metrics-head", Static).update(
-            Text.assemble(
-                ("metrics", "bold"),
-                f" · {label} · until {fmt.clock_time(m.until, app.tz)}",
-                (" · w: change window", "dim"),
-            )
+        head = Text.assemble(
+            ("metrics", "bold"),
+            f" · {label} · until {fmt.clock_time(m.until, app.tz)}",
+            (" · w: change window", "dim"),
         )
+        self.query_one("#metrics-head", Static).update(Clipped(head, 1, single=1))
         ordered = sorted(m.alerts, key=lambda a: a.level != "page")  # pages first
         paged = any(a.level == "page" for a in ordered)
         self.query_one("#alerts", Banner).show(

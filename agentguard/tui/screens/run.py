@@ -28,30 +28,32 @@ from agentguard.tui.screens.confirm import ConfirmRestore
 from agentguard.tui.screens.diff import DiffScreen
 from agentguard.tui.screens.runs import STATUS_STYLE
 from agentguard.tui.trees import checkpoint_problem
-from agentguard.tui.widgets import Banner, Cell, Column, KeyedTable
+from agentguard.tui.widgets import Banner, Cell, Clipped, Column, KeyedTable
 
 if TYPE_CHECKING:
     from agentguard.tui.app import WatchApp
 
+# Flexible columns (flex > 0) share what the fixed ones leave, so every column is on screen
+# at 80 columns and a cut cell ends in "…"; the attempts' outcome is fixed, always shown whole.
 STEP_COLUMNS = (
     Column("n", "#", 3),
-    Column("status", "status", 7),
+    Column("status", "status", 11, flex=1, min=7),
     Column("checkpoint", "checkpoint", 10),
-    Column("attempts", "attempts", 13),
-    Column("served", "served by", 14),
+    Column("attempts", "attempts", 13, flex=1, min=9),
+    Column("served", "served by", 14, flex=1, min=10),
     Column("latency", "latency", 7),
-    Column("why", "reason / error", 120),
+    Column("why", "reason / error", 120, flex=3, min=8),
 )
 
 ATTEMPT_COLUMNS = (
     Column("n", "#", 2),
-    Column("model", "model", 10),
-    Column("status", "code", 4),
-    Column("error", "error type", 12),
+    Column("model", "model", 12, flex=1, min=8),
+    Column("status", "code", 6),
+    Column("error", "error type", 12, flex=1, min=8),
     Column("latency", "latency", 7),
     Column("slept", "slept", 6),
-    Column("request", "request-id", 30),
-    Column("outcome", "outcome", 14),
+    Column("request", "request-id", 30, flex=2, min=8),
+    Column("outcome", "outcome", 11),
 )
 
 STEP_STYLE = {
@@ -118,26 +120,27 @@ def step_line(step: StepView) -> tuple[str, str]:
     if step.checkpoint_pruned_at is not None:
         where += " (pruned)"
     tries = len(step.attempts)
-    if step.substituted:
+    if step.substituted:  # names the requested model: "… instead of claude-opus-4-7"
         return f"⚠ step {step.number} {fmt.substitution_banner(step)} · {where}", "substituted"
+    # The requested model comes first, so a banner cut short still names it.
+    step_of = f"step {step.number} ({step.requested_model or 'model unknown'})"
     if step.status == "failed":
-        return f"✗ step {step.number} failed: {fmt.one_line(step.error)} · {where}", "substituted"
+        return f"✗ {step_of} failed: {fmt.one_line(step.error)} · {where}", "substituted"
     if step.status == "waiting":
-        return f"⏸ step {step.number} queued: {fmt.one_line(step.error)} · {where}", "waiting"
+        return f"⏸ {step_of} queued: {fmt.one_line(step.error)} · {where}", "waiting"
     if step.status == "pending":
-        return f"… step {step.number} in flight · attempt {tries} · {where}", "info"
+        return f"… {step_of} in flight · attempt {tries} · {where}", "info"
     if step.status == "interrupted":
         return (
-            f"✗ step {step.number} interrupted: the agent process ended during attempt {tries}"
-            f" · {where}",
+            f"✗ {step_of} interrupted: the agent process ended during attempt {tries} · {where}",
             "waiting",
         )
     if step.status == "cancelled":
-        return f"✗ step {step.number} {fmt.one_line(step.error)} · {where}", "waiting"
+        return f"✗ {step_of} {fmt.one_line(step.error)} · {where}", "waiting"
     served = f"{step.served_model} ({step.served_provider})" if step.served_model else fmt.DASH
     slept = f" · slept {fmt.ms(step.slept_ms)}" if step.slept_ms else ""
     return (
-        f"step {step.number} served by {served} · {tries} attempt{'s' if tries != 1 else ''}"
+        f"{step_of} served by {served} · {tries} attempt{'s' if tries != 1 else ''}"
         f" · {fmt.ms(step.latency_ms)}{slept} · {where}",
         "info",
     )
@@ -152,11 +155,12 @@ class RunScreen(Screen[None]):
         Binding("r", "restore", "Restore"),
     ]
 
+    # At 80×24 the worst case (queued and substituted, after a restore) is 2 + 3 + 2 + 4 + 2 + 7
+    # + 3 + 1 = 24 rows; banners hold to their line counts and end in "…" when cut.
     DEFAULT_CSS = """
     RunScreen #run-head { height: 2; padding: 0 1; background: $panel; }
     RunScreen #steps { height: 1fr; min-height: 4; }
     RunScreen #attempts { height: 7; border-top: solid $panel-lighten-2; }
-    RunScreen #subs-banner { max-height: 3; }
     """
 
     def __init__(self, run_id: str) -> None:
@@ -172,12 +176,12 @@ class RunScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(f"run {self.run_id} · loading…", id="run-head")
-        yield Banner(id="waiting-banner")
-        yield Banner(id="subs-banner")
+        yield Banner(id="waiting-banner", max_lines=3)
+        yield Banner(id="subs-banner", max_lines=2)
         yield KeyedTable(STEP_COLUMNS, id="steps")
-        yield Banner(id="step-banner")
+        yield Banner(id="step-banner", max_lines=2)
         yield KeyedTable(ATTEMPT_COLUMNS, id="attempts", cursor_on_focus=True)
-        yield Banner(id="restore-note")
+        yield Banner(id="restore-note", max_lines=3)  # room for its undo command
         yield Footer()
 
     @property
@@ -231,7 +235,7 @@ class RunScreen(Screen[None]):
             text.append(f" · started {started} ({fmt.age(elapsed)} ago)", style="dim")
         if app.follow:
             text.append(" · follow", style="dim")
-        self.query_one("#run-head", Static).update(text)
+        self.query_one("#run-head", Static).update(Clipped(text, 2, single=2))
 
     def _show_banners(self, detail: RunDetail) -> None:
         run = detail.run

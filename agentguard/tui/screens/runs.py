@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from agentguard.tui import formatting as fmt
 from agentguard.tui.data import RunsPage, RunSummary
-from agentguard.tui.widgets import Cell, Column, KeyedTable
+from agentguard.tui.widgets import Cell, Clipped, Column, KeyedTable
 
 if TYPE_CHECKING:
     from agentguard.tui.app import WatchApp
@@ -27,15 +27,16 @@ STATUS_STYLE = {
     "interrupted": "bold magenta",
 }
 
+# Flexible columns (flex > 0) share what the fixed ones leave: all on screen at 80 columns.
 COLUMNS = (
     Column("status", "status", 11),
-    Column("project", "project", 14),
+    Column("project", "project", 16, flex=1, min=8),
     Column("age", "age", 4),
     Column("steps", "steps", 5),
-    Column("primary", "primary", 10),
-    Column("served", "served by", 14),
+    Column("primary", "primary", 12, flex=1, min=8),
+    Column("served", "served by", 20, flex=1, min=8),
     Column("subs", "subs", 4),
-    Column("error", "last error", 80),
+    Column("error", "last error", 80, flex=3, min=6),
 )
 
 
@@ -71,7 +72,7 @@ class RunsScreen(Screen[None]):
     RunsScreen #summary { height: 1; padding: 0 1; background: $panel; }
     RunsScreen #runs { height: 1fr; }
     RunsScreen #preview {
-        height: 3;
+        height: 4;  /* the border and 3 lines */
         padding: 0 1;
         border-top: solid $panel-lighten-2;
     }
@@ -171,7 +172,8 @@ class RunsScreen(Screen[None]):
             text.append("\n")
         if run.last_error:
             text.append(f"last error: {fmt.one_line(run.last_error)}", style="red")
-        preview.update(text)
+        text.rstrip()
+        preview.update(Clipped(text, 3, single=1))
 
     @on(DataTable.RowHighlighted, "#runs")
     def _highlighted(self) -> None:

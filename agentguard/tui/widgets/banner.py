@@ -5,15 +5,17 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from agentguard.tui.widgets.clipped import Clipped
+
 
 class Banner(Static):
-    """Hidden while empty; `show(text, kind)` paints it in the colour of its kind."""
+    """Hidden while empty; `show(text, kind)` paints it in the colour of its kind, in at most
+    `max_lines` lines (a banner cut short ends in "…"; `text` keeps all of it)."""
 
     DEFAULT_CSS = """
     Banner {
         width: 100%;
         height: auto;
-        max-height: 4;
         padding: 0 1;
         display: none;
         text-style: bold;
@@ -34,9 +36,10 @@ class Banner(Static):
 
     KINDS = ("substituted", "waiting", "info")
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, *, id: str | None = None, max_lines: int = 3) -> None:
         super().__init__("", id=id, markup=False)
         self._shown: tuple[str, str] | None = None
+        self.max_lines = max_lines
 
     @property
     def text(self) -> str:
@@ -52,4 +55,4 @@ class Banner(Static):
         for name in self.KINDS:
             self.set_class(name == kind and bool(plain), f"-{name}")
         self.display = bool(plain)
-        self.update(text or "")
+        self.update(Clipped(text or "", self.max_lines))

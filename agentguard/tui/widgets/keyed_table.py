@@ -2,7 +2,9 @@
 
 `sync(rows)` adds the rows it has not seen (at the end), updates only the cells that changed
 and removes the keys that are gone — never `clear()` and refill, which would lose the cursor
-and repaint everything. Column widths are fixed, so a refresh never shifts the layout.
+and repaint everything. Column widths depend only on the table's width (never on the data), so
+a refresh never shifts the layout: fixed columns keep theirs, flexible ones share what is left
+and cut their text with "…" — every column stays on screen at 80 columns.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 # A cell as plain data: its text, or (text, style). Compared as data, rendered as Text.
 Cell = str | tuple[str, str]
@@ -19,9 +22,37 @@ Cell = str | tuple[str, str]
 
 @dataclass(frozen=True)
 class Column:
+    """`width` is what the column shows when there is room. `flex` 0: always that width;
+    otherwise it shares the room the fixed columns leave (by weight), never below `min`."""
+
     key: str
     label: str
     width: int
+    flex: int = 0
+    min: int = 4
+
+
+def fit_widths(columns: Sequence[Column], room: int) -> list[int]:
+    """Each column's width in `room` cells (padding excluded): fixed columns keep theirs, the
+    flexible ones get their minimum, then what is left by weight, up to their own width."""
+    widths = [c.width if not c.flex else min(c.min, c.width) for c in columns]
+    left = room - sum(widths)
+    flexible = [i for i, c in enumerate(columns) if c.flex]
+    while left > 0:
+        hungry = [i for i in flexible if widths[i] < columns[i].width]
+        if not hungry:
+            break
+        weight = sum(columns[i].flex for i in hungry)
+        given = 0
+        for i in hungry:
+            share = max(1, left * columns[i].flex // weight)
+            add = min(share, columns[i].width - widths[i], left - given)
+            widths[i] += add
+            given += add
+        if not given:
+            break
+        left -= given
+    return widths
 
 
 @dataclass(frozen=True)
@@ -49,6 +80,7 @@ class KeyedTable(DataTable[Text]):
     KeyedTable {
         overflow-x: hidden;
         scrollbar-size-vertical: 1;
+        scrollbar-gutter: stable;
     }
     """
 
@@ -61,7 +93,34 @@ class KeyedTable(DataTable[Text]):
         self._spec = tuple(columns)
         self._rows: dict[str, tuple[Cell, ...]] = {}
         for column in self._spec:
-            self.add_column(column.label, width=column.width, key=column.key)
+            label = Text(column.label, no_wrap=True, overflow="ellipsis")
+            self.add_column(label, width=column.width, key=column.key)
+
+    def on_resize(self) -> None:
+        self.fit(self.scrollable_content_region.width)
+        if self._rows and self.show_cursor:  # shorter now (a banner came): keep the cursor seen
+            self.call_after_refresh(self._cursor_into_view)
+
+    def _cursor_into_view(self) -> None:
+        """Scroll to wherever the cursor is by then (never move it back)."""
+        if self._rows:
+            self.move_cursor(row=self.cursor_row, animate=False, scroll=True)
+
+    def fit(self, width: int) -> None:
+        """Give the columns widths that add up to `width` cells (cell padding included)."""
+        if width <= 0:
+            return
+        room = width - 2 * self.cell_padding * len(self._spec)
+        changed = False
+        for spec, w in zip(self._spec, fit_widths(self._spec, room), strict=True):
+            column = self.columns[ColumnKey(spec.key)]
+            if column.width != w:
+                column.width = w
+                changed = True
+        if changed:  # DataTable has no public way to resize a column: redo its layout
+            self._require_update_dimensions = True
+            self._clear_caches()
+            self.refresh()
 
     def on_focus(self) -> None:
         if self._cursor_on_focus:
