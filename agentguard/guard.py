@@ -189,7 +189,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         if self.shadow is not None:
             ref = f"refs/agentguard/runs/{self.run_id}/steps/{number}"
             state.snapshot = self._executor.submit(
-                self.shadow.snapshot, f"agentguard run {self.run_id} step {number}", ref=ref
+                self._snapshot_step, f"agentguard run {self.run_id} step {number}", ref=ref
             )
         return state
 

@@ -195,3 +195,15 @@ def m005_success_sent_at(db: Database) -> None:
     # only for an answer to a request sent after its own failed one (agentguard.breaker).
     if "last_success_sent_at" not in db["route_health"].columns_dict:
         db["route_health"].add_column("last_success_sent_at", float)
+
+
+@migration
+def m006_user_git_state(db: Database) -> None:
+    # The user's own repository when a snapshot was taken (agentguard.user_repo): its branch
+    # (null: detached HEAD), HEAD commit (null: no commits yet) and whether `git status` showed
+    # changes. All null: not recorded (not a git repository, no git, or an older version), so
+    # `restore` / `resume` can say when the project has moved to another branch since.
+    columns = db["snapshots"].columns_dict
+    for name, kind in (("git_branch", str), ("git_head", str), ("git_dirty", int)):
+        if name not in columns:
+            db["snapshots"].add_column(name, kind)

@@ -35,6 +35,7 @@ from agentguard.resuming import ensure_not_live
 from agentguard.shadow.gitenv import failure, git_env
 from agentguard.snapshots import RestoreResult, ShadowRepo, Snapshot
 from agentguard.store import Store, dumps
+from agentguard.user_repo import columns, moved_since, read_state
 
 try:  # pragma: no cover - Windows has no fcntl
     import fcntl
@@ -47,6 +48,7 @@ __all__ = [
     "Target",
     "checkpoint_of",
     "move_project",
+    "moved_before_rewind",
     "open_shadow",
     "record_backup",
     "require_commit",
@@ -248,8 +250,23 @@ def record_backup(
             "changed": snap.changed,
             "skipped": dumps([s.__dict__ for s in snap.skipped]),
             "duration_ms": snap.duration_ms,
+            # where the user's repository was, so an --undo can say if it has moved since
+            **columns(read_state(project)),
         }
     )
+
+
+def moved_before_rewind(
+    store: Store, shadow: ShadowRepo, commit: str, what: str = "the checkpoint"
+) -> str | None:
+    """How the project moved since `commit` was taken ("the project is now on branch main at
+    3f2a1b9, the checkpoint was taken on feature/login at 88da3ac"), when its branch or HEAD
+    changed and restoring it would rewrite files; None when there is nothing to ask about
+    (not moved, nothing recorded, or the tree already matches)."""
+    sentence = moved_since(store, shadow.project, commit, what=what)
+    if sentence is None or not shadow.diff(commit):
+        return None
+    return sentence
 
 
 def rewind(

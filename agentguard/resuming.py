@@ -78,6 +78,7 @@ def resume(
     restore: bool = True,
     store: Store | None = None,
     accept: bool = False,
+    allow_moved: bool = False,
 ) -> ResumedRun:
     """Bring back a run's last consistent (conversation, tree) pair.
 
@@ -90,8 +91,13 @@ def resume(
     as the run's `backup`, so `agentguard restore RUN --undo` undoes it); `restore=False`
     leaves the tree alone. `project=NEW`: the run moved there — from now on it is the run's
     folder (its snapshots are copied into that folder's shadow store).
+
+    When the project's branch or HEAD moved since the checkpoint (a branch switch, a commit)
+    and restoring it would rewrite files, raises `BranchMoved` naming both, before touching
+    the tree: a library call cannot ask, so `allow_moved=True` restores it anyway.
     """
-    from agentguard.restoring import move_project, rewind, shadow_dir
+    from agentguard.restoring import move_project, moved_before_rewind, rewind, shadow_dir
+    from agentguard.user_repo import BranchMoved
 
     store = store or Store.open(home)
     run = ensure_not_live(store, run_id, "resuming it")  # before anything is touched
@@ -108,6 +114,13 @@ def resume(
         run = move_project(store, run, folder)
     shadow = ShadowRepo(folder, shadow_dir(store, run))
     step, checkpoint = _last_consistent(steps, run_id, shadow)
+    if restore and checkpoint is not None and not allow_moved and shadow.has_commit(checkpoint):
+        moved = moved_before_rewind(store, shadow, checkpoint)
+        if moved is not None:
+            raise BranchMoved(
+                f"Not restoring run {run_id}'s checkpoint of step {step['number']}: {moved}; "
+                "pass allow_moved=True to restore it anyway, or restore=False to keep the tree."
+            )
     if accept:
         step = accept_refused(store, run_id, step)
     messages = store.conversation(step["id"])

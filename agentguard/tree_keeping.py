@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,16 @@ from agentguard.routes import Route
 from agentguard.snapshots import ShadowRepo, Snapshot
 from agentguard.step_types import StepState
 from agentguard.store import Store, dumps
+from agentguard.user_repo import GitState, columns, read_state
 
 log = logging.getLogger("agentguard")
+
+
+@dataclass(frozen=True)
+class Checkpoint(Snapshot):
+    """A step's snapshot with the user's own git state read right after it."""
+
+    git: GitState | None = None
 
 
 class TreeKeeping:
@@ -31,6 +40,14 @@ class TreeKeeping:
     shadow: ShadowRepo | None
     _executor: ThreadPoolExecutor
     event: Callable[..., None]  # StepRecording.event
+
+    def _snapshot_step(self, message: str, ref: str) -> Snapshot:
+        """Run in the snapshot thread: the tree, then the user's branch/HEAD/dirty (a `git
+        status` that can take a while in a large tree, so never on the caller's path)."""
+        assert self.shadow is not None
+        snap = self.shadow.snapshot(message, ref=ref)
+        kept = {f.name: getattr(snap, f.name) for f in fields(Snapshot)}
+        return Checkpoint(**kept, git=read_state(self.project))
 
     def _join_snapshot(self, state: StepState) -> Generator[PlanAction, Any, None]:
         if state.snapshot is None:
@@ -104,5 +121,6 @@ class TreeKeeping:
                 "changed": snap.changed,
                 "skipped": dumps([s.__dict__ for s in snap.skipped]),
                 "duration_ms": snap.duration_ms,
+                **columns(snap.git if isinstance(snap, Checkpoint) else None),
             }
         )

@@ -110,6 +110,18 @@ def make_console(file: Any) -> Console:
     return Console(file=file, highlight=False, emoji=False, soft_wrap=False)
 
 
+def confirm(question: str, refusal: str, *, yes: bool) -> bool:
+    """Whether to go ahead with a change to the user's tree: --yes, or "y" at the terminal's
+    `question`; without a terminal, refuse with `refusal` (one sentence naming --yes)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise Refused(refusal)
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
 # -- runs and their snapshots ----------------------------------------------------------------
 
 

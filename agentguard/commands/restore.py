@@ -11,13 +11,12 @@ any commit the run's shadow store holds.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
 
-from agentguard.commands.common import FAILED, OK, Context, Refused, acting, find_run, plain, short
+from agentguard.commands.common import FAILED, OK, Context, acting, confirm, find_run, plain, short
 from agentguard.restoring import (
     Target,
     open_shadow,
@@ -31,6 +30,7 @@ from agentguard.restoring import (
 from agentguard.resuming import ensure_not_live
 from agentguard.snapshots import ShadowRepo
 from agentguard.store import Store
+from agentguard.user_repo import moved_since
 
 NAME = "restore"
 SUMMARY = "Rewind the project's working tree to a step's checkpoint (the current tree is saved)."
@@ -81,22 +81,20 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     pending = shadow.diff(target.commit)  # what the restore will rewrite (the tree now → target)
     if not pending:
         return _report(ctx, row, project, label, target.commit, None, [], [], "already matches")
-    if not args.yes:
-        question = (
-            f"Restore {project} to {label}? This rewrites {len(pending)} "
-            f"file{'s' if len(pending) != 1 else ''}; the current tree is saved first. [y/N] "
-        )
-        if not sys.stdin.isatty():
-            raise Refused(
-                f"Not restoring {project} to {label} ({len(pending)} files would change) without "
-                "confirmation: stdin is not a terminal, so pass --yes to go ahead."
-            )
-        sys.stderr.write(question)
-        sys.stderr.flush()
-        answer = sys.stdin.readline().strip().lower()
-        if answer not in ("y", "yes"):
-            ctx.err.print(plain("Not restored; nothing was changed."))
-            return FAILED
+    n = len(pending)
+    # the project's branch or HEAD changed since the target was taken: say so before asking
+    moved = None if args.yes else moved_since(store, project, target.commit, what=_what(target))
+    question = (
+        f"Restore {project} to {label}? {_sentence(moved)}This rewrites {n} "
+        f"file{'s' if n != 1 else ''}; the current tree is saved first. [y/N] "
+    )
+    refusal = (
+        f"Not restoring {project} to {label} ({n} files would change) without confirmation: "
+        f"{moved + '; ' if moved else ''}stdin is not a terminal, so pass --yes to go ahead."
+    )
+    if not confirm(question, refusal, yes=args.yes):
+        ctx.err.print(plain("Not restored; nothing was changed."))
+        return FAILED
     with acting():  # checks again that no agent took the run over while we asked
         done = restore(store, row["id"], target)
     result = done.result
@@ -104,6 +102,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     return _report(
         ctx, row, project, label, result.target, done.backup, changes, list(result.preserved), ""
     )
+
+
+def _sentence(moved: str | None) -> str:
+    return f"{moved[:1].upper()}{moved[1:]}. " if moved else ""
+
+
+def _what(target: Target) -> str:
+    return "the checkpoint" if target.via == "step" else f"{target.label} ({short(target.commit)})"
 
 
 def _target(

@@ -22,6 +22,7 @@ from agentguard.commands.common import (
     Refused,
     acting,
     clip,
+    confirm,
     find_run,
     plain,
     require_commit,
@@ -29,6 +30,7 @@ from agentguard.commands.common import (
     short,
 )
 from agentguard.errors import AgentGuardError, ProjectError, SnapshotError
+from agentguard.restoring import moved_before_rewind
 from agentguard.resuming import ResumedRun, _last_consistent, due_runs, ensure_not_live, resume
 from agentguard.snapshots import ShadowRepo
 from agentguard.store import Store
@@ -38,12 +40,14 @@ SUMMARY = "Resume a run from its last checkpoint, or every queued run that is du
 EPILOG = """\
 The conversation and the working tree come back to the run's last consistent checkpoint (the
 tree as it is now is saved first; undo with `agentguard restore RUN --undo`). Then continue the
-loop in Python with the lines printed.
+loop in Python with the lines printed. When the project's branch or HEAD moved since that
+checkpoint, resume says so and asks first; without a terminal, pass --yes to confirm.
 
 examples:
   agentguard resume 3f2a1b9c0d1e
   agentguard resume 3f2a1b9c0d1e --project ~/src/moved-here --no-restore
   agentguard resume 3f2a1b9c0d1e --accept    # take the refused substitution's kept answer
+  agentguard resume 3f2a1b9c0d1e --yes       # restore even if the branch or HEAD moved since
   agentguard resume --due --json
 """
 PREVIEW = 72
@@ -68,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="hand over the kept answer of a refused substitution instead of asking again",
     )
+    parser.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="restore the checkpoint even if the project's branch or HEAD moved since",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -83,12 +93,20 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         return _due(ctx, store, args)
     row = find_run(store, args.run)
     project = Path(args.project).expanduser() if args.project else None
-    _check(store, row, project, args.restore)
+    shadow, step, checkpoint = _check(store, row, project, args.restore)
     if args.accept:
         _check_refused(store, row)
+    if not _confirm_moved(row, shadow, step, checkpoint, store, yes=args.yes):
+        ctx.err.print(plain("Not resumed; nothing was changed."))
+        return FAILED
     with acting():
         resumed = resume(
-            row["id"], project=project, restore=args.restore, store=store, accept=args.accept
+            row["id"],
+            project=project,
+            restore=args.restore,
+            store=store,
+            accept=args.accept,
+            allow_moved=True,  # asked above
         )
     doc = _as_json(resumed, ctx.home, project)
     if ctx.as_json:
@@ -98,8 +116,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     return OK
 
 
-def _check(store: Store, row: dict[str, Any], project: Path | None, restore: bool) -> None:
-    """Refuse, before anything changes, what resume() would refuse halfway."""
+def _check(
+    store: Store, row: dict[str, Any], project: Path | None, restore: bool
+) -> tuple[ShadowRepo | None, dict[str, Any] | None, str | None]:
+    """Refuse, before anything changes, what resume() would refuse halfway; the shadow store,
+    step and checkpoint a restore would bring back (None: nothing to restore)."""
     row = ensure_not_live(store, row["id"], "resuming it")
     folder = project if project is not None else Path(row["project"])
     if not folder.is_dir():
@@ -111,7 +132,7 @@ def _check(store: Store, row: dict[str, Any], project: Path | None, restore: boo
     if not steps:
         raise Refused(f"Run {row['id']} has no steps yet, so there is nothing to resume.")
     if not restore:
-        return
+        return None, None, None
     where = shadow_dir(store, row)
     if not (where / "repo.git" / "HEAD").is_file():
         if any(s["checkpoint"] for s in steps):
@@ -119,7 +140,7 @@ def _check(store: Store, row: dict[str, Any], project: Path | None, restore: boo
                 f"Run {row['id']}'s shadow store {where} is gone, so its checkpoints cannot be "
                 "restored; resume with --no-restore to keep the working tree as it is."
             )
-        return
+        return None, None, None
     shadow = ShadowRepo(folder, where)
     step, checkpoint = _last_consistent(steps, row["id"], shadow)
     if checkpoint is not None:
@@ -130,6 +151,33 @@ def _check(store: Store, row: dict[str, Any], project: Path | None, restore: boo
             f"The checkpoint of run {row['id']} step {step['number']}",
             hint="resume with --no-restore to keep the working tree as it is",
         )
+    return shadow, step, checkpoint
+
+
+def _confirm_moved(
+    row: dict[str, Any],
+    shadow: ShadowRepo | None,
+    step: dict[str, Any] | None,
+    checkpoint: str | None,
+    store: Store,
+    *,
+    yes: bool,
+) -> bool:
+    """Whether to go on: the project's branch or HEAD moved since the checkpoint the resume
+    would restore (and the tree differs from it) is said, and asked about, first."""
+    if yes or shadow is None or step is None or checkpoint is None:
+        return True
+    moved = moved_before_rewind(store, shadow, checkpoint)
+    if moved is None:
+        return True
+    where = f"run {row['id']} step {step['number']}"
+    return confirm(
+        f"Resume {where} and restore {shadow.project} to its checkpoint? "
+        f"{moved[:1].upper()}{moved[1:]}. The current tree is saved first. [y/N] ",
+        f"Not resuming {where} without confirmation: {moved}; stdin is not a terminal, so "
+        "pass --yes to restore its checkpoint anyway (or --no-restore to keep the tree).",
+        yes=False,
+    )
 
 
 def _check_refused(store: Store, row: dict[str, Any]) -> None:
@@ -149,9 +197,11 @@ def _due(ctx: Context, store: Store, args: argparse.Namespace) -> int:
         # Two due runs of one folder: only the first rewinds it; the other would undo that.
         restore = args.restore and folder not in restored_folders
         try:
-            _check(store, row, None, restore)
+            shadow, step, checkpoint = _check(store, row, None, restore)
+            if not _confirm_moved(row, shadow, step, checkpoint, store, yes=args.yes):
+                raise Refused(f"Not resumed at the prompt: run {row['id']} was left as it is.")
             with acting():
-                result = resume(row["id"], restore=restore, store=store)
+                result = resume(row["id"], restore=restore, store=store, allow_moved=True)
         except AgentGuardError as exc:
             failed.append({"run_id": row["id"], "name": row["name"], "error": str(exc)})
             continue

@@ -29,6 +29,7 @@ from agentguard.commands.common import (
     tokens,
     when,
 )
+from agentguard.user_repo import GitState, from_row
 
 WARN_EVENTS = ("substitution", "drift_restored", "queued", "restored", "snapshot_failed")
 NAME = "show"
@@ -66,20 +67,44 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         )
     }
     numbers = {s["id"]: s["number"] for s in steps}
+    gits = _git_states(store, row["id"])
     if ctx.as_json:
-        ctx.print_json(_as_json(row, steps, attempts, events, pruned, numbers))
+        ctx.print_json(_as_json(row, steps, attempts, events, pruned, numbers, gits))
         return OK
     now = time.time()
     out = ctx.out
-    out.print(_header(row, steps, now))
+    out.print(_header(row, steps, now, _latest(steps, gits)))
     for step in steps:
         out.print()
-        out.print(_step(step, attempts.get(step["id"], []), pruned, out.width))
+        out.print(
+            _step(step, attempts.get(step["id"], []), pruned, out.width, gits.get(step["id"]))
+        )
     if events:
         out.print()
         out.print(Text("Events", style="bold"))
         out.print(_events(events, numbers, out.width))
     return OK
+
+
+def _git_states(store: Any, run_id: str) -> dict[int, GitState]:
+    """The user's git state at each step's checkpoint, by step id (recorded ones only)."""
+    rows = store.query(
+        "select step_id, git_branch, git_head, git_dirty from snapshots "
+        "where run_id = ? and kind = 'checkpoint' and git_dirty is not null",
+        [run_id],
+    )
+    return {r["step_id"]: state for r in rows if (state := from_row(r)) is not None}
+
+
+def _latest(steps: list[dict[str, Any]], gits: dict[int, GitState]) -> GitState | None:
+    """Where the user's repository was at the run's newest recorded checkpoint."""
+    return next((gits[s["id"]] for s in reversed(steps) if s["id"] in gits), None)
+
+
+def _git_text(state: GitState) -> str:
+    """'main at 3f2a1b9, clean' / 'detached HEAD at 3f2a1b9, uncommitted changes'."""
+    where = state.describe(branch_word=False).removeprefix("a ")
+    return f"{where}, {'uncommitted changes' if state.dirty else 'clean'}"
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -92,8 +117,10 @@ def _as_json(
     events: list[dict[str, Any]],
     pruned: dict[str, float],
     numbers: dict[int, int],
+    gits: dict[int, GitState],
 ) -> dict[str, Any]:
     policy = _policy(row)
+    latest = _latest(steps, gits)
     return {
         "run": {
             "id": row["id"],
@@ -113,6 +140,8 @@ def _as_json(
             "hostname": row["hostname"],
             "steps": len(steps),
             "substitutions": sum(1 for s in steps if s["substituted"]),
+            # the user's repository at the newest checkpoint that recorded it
+            "git": latest.as_json() if latest else None,
         },
         "steps": [
             {
@@ -126,6 +155,8 @@ def _as_json(
                 "reason": s["reason"],
                 "checkpoint": s["checkpoint"],
                 "checkpoint_pruned_at": iso(pruned.get(s["checkpoint"] or "")),
+                # the user's own repository when the checkpoint was taken (null: not recorded)
+                "git": gits[s["id"]].as_json() if s["id"] in gits else None,
                 "started_at": iso(s["started_at"]),
                 "ended_at": iso(s["ended_at"]),
                 "latency_ms": s["latency_ms"],
@@ -188,7 +219,9 @@ def _policy(row: dict[str, Any]) -> dict[str, Any]:
 # -- text ------------------------------------------------------------------------------------
 
 
-def _header(row: dict[str, Any], steps: list[dict[str, Any]], now: float) -> Group:
+def _header(
+    row: dict[str, Any], steps: list[dict[str, Any]], now: float, git: GitState | None
+) -> Group:
     title = Text.assemble(
         ("Run ", "bold"), (row["id"], "bold"), "  ", (row["name"] or "", ""), "  "
     )
@@ -197,6 +230,8 @@ def _header(row: dict[str, Any], steps: list[dict[str, Any]], now: float) -> Gro
     fields.add_column(style="dim", no_wrap=True)
     fields.add_column(overflow="fold")
     fields.add_row("project", plain(row["project"]))
+    if git is not None:
+        fields.add_row("git", plain(f"{_git_text(git)} (at the last checkpoint)"))
     policy = _policy(row)
     if policy:
         fields.add_row(
@@ -240,7 +275,11 @@ def _header(row: dict[str, Any], steps: list[dict[str, Any]], now: float) -> Gro
 
 
 def _step(
-    step: dict[str, Any], attempts: list[dict[str, Any]], pruned: dict[str, float], width: int
+    step: dict[str, Any],
+    attempts: list[dict[str, Any]],
+    pruned: dict[str, float],
+    width: int,
+    git: GitState | None = None,
 ) -> Group:
     requested = step["requested_model"] or "?"
     served = step["served_model"]
@@ -260,6 +299,8 @@ def _step(
         details.append(f"tokens {tokens(step['input_tokens'], step['output_tokens'])}")
     head.append("  " + " · ".join(details), style="dim")
     parts: list[Any] = [head]
+    if git is not None:  # its own line: the step's head line is full at 80 columns
+        parts.append(plain(f"  git: {_git_text(git)}", "dim"))
     if step["substituted"]:
         parts.append(
             Text(
