@@ -1,10 +1,10 @@
-# One command each: `make test`, `make demo` and `make bench` do all the set-up they need.
+# One command each: `make test`, `make demo`, `make watch` and `make bench` do all the set-up they need.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint install clean demo bench
+.PHONY: test lint install clean demo watch bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/agentguard demo
+
+watch: $(STAMP)
+	$(BIN)/agentguard watch
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "some bench-only tools did not install; their rows will say so"

@@ -13,9 +13,9 @@ import importlib.util
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from agentguard.breaker import BreakerSettings
+from agentguard.home import ensure_home, home_dir
 from agentguard.store import Store
 from agentguard.testing import FakeProvider, RecordedRequest, ToolCall, Turn, overloaded
 
@@ -78,6 +79,16 @@ def load_example_agent() -> ModuleType:
         "The example agent (examples/coding_agent.py) is missing from this installation; "
         "reinstall agentguard or run the demo from its source checkout."
     )
+
+
+def demo_project(home: str | os.PathLike[str] | None) -> Path:
+    """Where the demo's project lives when no --workdir is given: in the agentguard data
+    folder, beside the run it belongs to (so `diff` and `restore` work on it afterwards),
+    never in a temporary folder left behind. The next demo replaces it."""
+    folder = ensure_home(home_dir(home)) / "demo" / "calc-project"
+    if folder.exists():
+        shutil.rmtree(folder)
+    return folder
 
 
 def make_project(folder: Path) -> Path:
@@ -181,8 +192,7 @@ def run_demo(
     import agentguard
 
     example = load_example_agent()
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="agentguard-demo-"))
-    project = make_project(base / "calc-project")
+    project = make_project(Path(workdir) / "calc-project" if workdir else demo_project(home))
     os.environ.setdefault(DEMO_KEY_VAR, "demo-key-not-secret")
     with FakeProvider(model=fixing_model) as fake:
         gateway = {
@@ -234,8 +244,14 @@ def run_demo(
     )
 
 
-def summary(result: DemoResult) -> str:
-    """What a person should take away, readable without the TUI."""
+def summary(
+    result: DemoResult,
+    *,
+    show: str = "agentguard show RUN",
+    watch: str = "agentguard watch",
+) -> str:
+    """What a person should take away, readable without the TUI; `show` and `watch` are the
+    commands to name at the end (RUN: the run's id), as they work where the person stands."""
     store = Store.open(result.home)
     lines = [f"run {result.run_id} in {result.project}", ""]
     for step in result.steps:
@@ -255,5 +271,5 @@ def summary(result: DemoResult) -> str:
             lines.append(f"        {_TREE_EVENTS[event['kind']]}")
     verdict = "PASS" if result.tests_pass else "FAIL"
     lines += ["", f"project test: {verdict} ({result.test_output.splitlines()[-1]})"]
-    lines.append(f"see it all: agentguard show {result.run_id}   or   agentguard watch")
+    lines.append(f"see it all: {show.replace('RUN', result.run_id)}   or   {watch}")
     return "\n".join(lines)

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
+import pytest
+
+from agentguard.cli import main
 from agentguard.demo import GATEWAY, PRIMARY, TIER, run_demo, summary
 from agentguard.store import Store
 from tests.conftest import git
@@ -50,3 +58,103 @@ def test_the_demo_fixes_the_bug_through_the_storm(tmp_path: Path, home: Path) ->
     text = summary(result)
     assert "project test: PASS" in text and f"served by {GATEWAY}" in text
     assert any("served by claude-sonnet-4-6 instead of claude-opus-4-7" in line for line in lines)
+
+
+# -- where the demo leaves things, and what it tells the user to type next -------------------
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system's temporary folder, empty, so anything the demo leaves there is seen."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.fixture
+def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project checkout with agentguard in .venv (not on PATH), as `make demo` runs it."""
+    folder = tmp_path / "checkout"
+    script = folder / ".venv" / "bin" / "agentguard"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    (folder / "Makefile").write_text("demo:\n\t.venv/bin/agentguard demo\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    tools = tmp_path / "bin"  # git, but no agentguard, on PATH
+    tools.mkdir()
+    (tools / "git").symlink_to(shutil.which("git") or "/usr/bin/git")
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    return folder
+
+
+def test_the_demo_leaves_no_temporary_folder_and_names_commands_that_work(
+    home: Path, private_tmp: Path, checkout: Path, capsys
+) -> None:
+    assert main(["demo", "--no-tui"]) == 0
+    out = capsys.readouterr().out
+    assert list(private_tmp.iterdir()) == []
+    project = home / "demo" / "calc-project"  # beside its run, so diff and restore still work
+    assert f"in {project}" in out
+    [hint] = [line for line in out.splitlines() if line.startswith("see it all: ")]
+    run_id = Store.open(home).query("select id from runs")[0]["id"]
+    show, watch = hint.removeprefix("see it all: ").split("   or   ")
+    assert show == f".venv/bin/agentguard show {run_id}"
+    assert watch == ".venv/bin/agentguard watch"
+    program, *args = shlex.split(show)
+    assert os.access(checkout / program, os.X_OK)  # typed here, it runs this agentguard
+    assert main(args) == 0 and run_id in capsys.readouterr().out
+    assert main(["diff", run_id, "--step", "1", "--to", "6"]) == 0  # the project is still there
+    assert "calc.py" in capsys.readouterr().out
+
+
+def test_an_interrupted_demo_leaves_no_temporary_folder(
+    home: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import agentguard.demo
+
+    real = agentguard.demo.load_example_agent
+
+    def interrupted_agent():
+        example = real()
+        monkeypatch.setattr(
+            example, "run_agent", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+        )
+        return example
+
+    monkeypatch.setattr(agentguard.demo, "load_example_agent", interrupted_agent)
+    assert main(["demo", "--no-tui"]) == 130
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_the_hint_follows_how_the_demo_was_run(
+    checkout: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from agentguard.commands.demo import next_commands
+
+    assert next_commands(None) == (".venv/bin/agentguard show RUN", ".venv/bin/agentguard watch")
+    # `make demo` in a checkout whose Makefile has a watch target
+    monkeypatch.setenv("MAKELEVEL", "1")
+    (checkout / "Makefile").write_text("demo:\n\t.venv/bin/agentguard demo\nwatch:\n\tx\n")
+    assert next_commands(None) == (".venv/bin/agentguard show RUN", "make watch")
+    # with --home, both commands carry it (make watch would look elsewhere)
+    assert next_commands("/data/ag home") == (
+        ".venv/bin/agentguard --home '/data/ag home' show RUN",
+        ".venv/bin/agentguard --home '/data/ag home' watch",
+    )
+    # agentguard on PATH: its plain name
+    monkeypatch.setenv("PATH", str(checkout / ".venv" / "bin"))
+    monkeypatch.delenv("MAKELEVEL")
+    assert next_commands(None) == ("agentguard show RUN", "agentguard watch")
+    # run as a module
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "agentguard" / "cli.py"), "demo"])
+    assert next_commands(None)[1].endswith(" -m agentguard.cli watch")
+
+
+def test_make_has_a_watch_target() -> None:
+    makefile = (Path(__file__).parent.parent / "Makefile").read_text()
+    assert "\nwatch: $(STAMP)\n\t$(BIN)/agentguard watch\n" in makefile
