@@ -13,9 +13,10 @@ from openai import OpenAI
 
 import agentguard
 from agentguard.cli import main
-from agentguard.store import Store
+from agentguard.store import DB_NAME, Store
 from agentguard.testing import FakeProvider, Turn, ok
 from tests.conftest import API_KEY, storm, user
+from tests.test_tui import banner, make_app, open_run, run, table, until
 
 OPUS, SONNET, HAIKU = "claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5"
 
@@ -194,3 +195,33 @@ def test_the_cli_shows_a_refused_step(fake, guarded, home, capsys):
     out = capsys.readouterr().out
     assert "refused" in out and SONNET in out
     assert os.environ.get("AGENTGUARD_HOME") == str(home)
+
+
+def test_watch_shows_a_refused_step_and_a_accepts_it(fake, guarded, home):
+    run_id = refusing_run(fake, guarded, "return")
+    accepted: list[str] = []
+
+    async def scenario():
+        app = make_app(home / DB_NAME)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await open_run(pilot, app, run_id)
+            steps = table(app, "#steps")
+            await until(pilot, lambda: len(steps.keys) == 1, "the step")
+            await until(pilot, lambda: "refused" in banner(app, "#step-banner"), "the banner")
+            assert "press a to accept" in banner(app, "#step-banner")
+            await pilot.press("a")
+            await until(
+                pilot,
+                lambda: only_step(home)["status"] == "ok",
+                "the step accepted in the store",
+            )
+            await until(pilot, lambda: "refused" not in banner(app, "#step-banner"), "a reload")
+            accepted.append(banner(app, "#step-banner"))
+
+    run(scenario)
+    assert accepted and "served by" in accepted[0]
+    assert len(events(home, "substitution_accepted")) == 1
+    sent = len(fake.requests)
+    resumed = agentguard.resume(run_id)  # a plain resume now hands the accepted answer over
+    assert len(fake.requests) == sent
+    assert resumed.response["content"][0]["text"] == "sonnet's answer"

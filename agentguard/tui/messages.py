@@ -60,6 +60,15 @@ class FileDiffLoaded(Message):
         self.text = text
 
 
+class AcceptFinished(Message):
+    """A refused substitution was accepted (error None) or could not be."""
+
+    def __init__(self, step: int, error: str | None = None) -> None:
+        super().__init__()
+        self.step = step
+        self.error = error
+
+
 class RestoreFinished(Message):
     def __init__(self, step: int, result: RestoreResult | None, error: str | None = None) -> None:
         super().__init__()

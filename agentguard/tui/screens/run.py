@@ -20,10 +20,11 @@ from textual.widgets import DataTable, Footer, Static
 
 from agentguard.errors import AgentGuardError
 from agentguard.restoring import restore_step
+from agentguard.resuming import accept_refused
 from agentguard.store import Store
 from agentguard.tui import formatting as fmt
 from agentguard.tui.data import AttemptView, RunDetail, StepView
-from agentguard.tui.messages import RestoreFinished
+from agentguard.tui.messages import AcceptFinished, RestoreFinished
 from agentguard.tui.screens.confirm import ConfirmRestore
 from agentguard.tui.screens.diff import DiffScreen
 from agentguard.tui.screens.runs import STATUS_STYLE
@@ -63,6 +64,7 @@ STEP_STYLE = {
     "pending": "cyan",
     "interrupted": "bold magenta",
     "cancelled": "magenta",
+    "refused": "bold yellow",
 }
 OUTCOME_STYLE = {
     "ok": "green",
@@ -120,6 +122,12 @@ def step_line(step: StepView) -> tuple[str, str]:
     if step.checkpoint_pruned_at is not None:
         where += " (pruned)"
     tries = len(step.attempts)
+    if step.status == "refused":  # the answer is kept; `a` hands it over
+        return (
+            f"⛔ step {step.number} refused: {fmt.substitution_banner(step)} "
+            f"({fmt.one_line(step.error)}) · press a to accept the kept answer · {where}",
+            "waiting",
+        )
     if step.substituted:  # names the requested model: "… instead of claude-opus-4-7"
         return f"⚠ step {step.number} {fmt.substitution_banner(step)} · {where}", "substituted"
     # The requested model comes first, so a banner cut short still names it.
@@ -147,12 +155,13 @@ def step_line(step: StepView) -> tuple[str, str]:
 
 
 class RunScreen(Screen[None]):
-    """A run's timeline. Keys: d diff, r restore, escape back."""
+    """A run's timeline. Keys: d diff, r restore, a accept a refused step, escape back."""
 
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("d", "diff", "Diff"),
         Binding("r", "restore", "Restore"),
+        Binding("a", "accept", "Accept"),
     ]
 
     # At 80×24 the worst case (queued and substituted, after a restore) is 2 + 3 + 2 + 4 + 2 + 7
@@ -360,6 +369,50 @@ class RunScreen(Screen[None]):
             self.post_message(RestoreFinished(step.number, None, f"{type(exc).__name__}: {exc}"))
             return
         self.post_message(RestoreFinished(step.number, done.result))
+
+    def action_accept(self) -> None:
+        """Accept the highlighted refused substitution: its kept answer becomes the step's
+        response, handed over by the next `agentguard resume` instead of asking again."""
+        step = self.current_step()
+        if self.detail is None or step is None:
+            self.notify("No step selected.", severity="warning")
+            return
+        if step.status != "refused":
+            self.notify(
+                f"Step {step.number} has no refused substitution to accept.", severity="warning"
+            )
+            return
+        self._accept(self.detail, step)
+
+    @work(thread=True, exclusive=True, group="accept", exit_on_error=False)
+    def _accept(self, detail: RunDetail, step: StepView) -> None:
+        """The CLI's `resume --accept` decision (agentguard.resuming.accept_refused), on a
+        writable handle of the store opened for this action alone."""
+        try:
+            store = Store(self.watch_app.reader.path)
+            try:
+                accept_refused(store, detail.run.id, store.get_step(step.id))
+            finally:
+                store.close()
+        except AgentGuardError as exc:
+            self.post_message(AcceptFinished(step.number, str(exc)))
+            return
+        except Exception as exc:  # say so rather than fail silently
+            self.post_message(AcceptFinished(step.number, f"{type(exc).__name__}: {exc}"))
+            return
+        self.post_message(AcceptFinished(step.number))
+
+    @on(AcceptFinished)
+    def _accepted(self, message: AcceptFinished) -> None:
+        if message.error is not None:
+            self.notify(f"Accept failed: {message.error}", severity="error", timeout=10)
+            return
+        self.notify(
+            f"Accepted step {message.step}'s kept answer; `agentguard resume {self.run_id}` "
+            "hands it over.",
+            timeout=10,
+        )
+        self.watch_app.request_load()
 
     @on(RestoreFinished)
     def _restored(self, message: RestoreFinished) -> None:
