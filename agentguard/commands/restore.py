@@ -89,7 +89,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         f"file{'s' if n != 1 else ''}; the current tree is saved first. [y/N] "
     )
     refusal = (
-        f"Not restoring {project} to {label} ({n} files would change) without confirmation: "
+        f"Not restoring {project} to {label} ({n} file{'s' if n != 1 else ''} would change) "
+        "without confirmation: "
         f"{moved + '; ' if moved else ''}stdin is not a terminal, so pass --yes to go ahead."
     )
     if not confirm(question, refusal, yes=args.yes):
