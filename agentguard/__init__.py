@@ -30,6 +30,7 @@ _LAZY = {
     "Guard": "agentguard.guard",
     "resume": "agentguard.resuming",
     "ResumedRun": "agentguard.resuming",
+    "BranchMoved": "agentguard.user_repo",
     "info": "agentguard.records",
     "StepInfo": "agentguard.records",
     "AttemptRecord": "agentguard.records",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from agentguard.resuming import ResumedRun, resume
     from agentguard.routes import Route
     from agentguard.store import Store
+    from agentguard.user_repo import BranchMoved
     from agentguard.wrapping import wrap
 
 
@@ -71,6 +73,7 @@ __all__ = [
     "PRESETS",
     "AgentGuardError",
     "AttemptRecord",
+    "BranchMoved",
     "Clock",
     "ConfigError",
     "FakeClock",

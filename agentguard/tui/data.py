@@ -22,6 +22,7 @@ from agentguard.errors import StoreError
 from agentguard.home import project_key
 from agentguard.metrics import Metrics, compute
 from agentguard.store import Store
+from agentguard.user_repo import GitState, from_row
 
 ACTIVE = ("running", "waiting")
 _SEP = "\x1f"
@@ -110,6 +111,7 @@ class RunDetail:
     run: RunSummary
     steps: tuple[StepView, ...]
     shadow_dir: Path  # where the run's checkpoints live
+    git: GitState | None = None  # the user's repository at the run's latest checkpoint
 
     @property
     def substituted(self) -> tuple[StepView, ...]:
@@ -339,7 +341,15 @@ class StoreReader:
             for s in steps
         )
         shadow = self.home / "shadow" / project_key(Path(run["project"] or "."))
-        return RunDetail(summary, views, shadow)
+        return RunDetail(summary, views, shadow, git=self._git_state(run_id))
+
+    def _git_state(self, run_id: str) -> GitState | None:
+        rows = self.query(
+            "select git_branch, git_head, git_dirty from snapshots where run_id = ? "
+            "and kind = 'checkpoint' and git_dirty is not null order by created_at desc limit 1",
+            [run_id],
+        )
+        return from_row(rows[0] if rows else None)
 
     # -- metrics ------------------------------------------------------------------------------
 

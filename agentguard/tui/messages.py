@@ -9,7 +9,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from agentguard.snapshots import RestoreResult
-from agentguard.tui.data import MetricsView, RunDetail, RunsPage
+from agentguard.tui.data import MetricsView, RunDetail, RunsPage, StepView
 from agentguard.tui.trees import TreeDiff
 
 
@@ -67,6 +67,16 @@ class AcceptFinished(Message):
         super().__init__()
         self.step = step
         self.error = error
+
+
+class RestoreAsked(Message):
+    """The restore question is ready: `moved` says how the project's branch/HEAD moved."""
+
+    def __init__(self, detail: RunDetail, step: StepView, moved: str | None) -> None:
+        super().__init__()
+        self.detail = detail
+        self.step = step
+        self.moved = moved
 
 
 class RestoreFinished(Message):

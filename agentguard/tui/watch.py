@@ -56,9 +56,10 @@ def run(
         )
     try:
         from agentguard.tui.app import WatchApp
-    except ImportError as exc:  # the `tui` extra is not installed
+    except ImportError as exc:  # a broken install: Textual is a core dependency
         return _refuse(
-            f"watch needs Textual ({exc}); install it with: pip install 'agentguard[tui]'"
+            f"watch needs Textual, which did not import ({exc}); reinstall agentguard "
+            "(pip install --force-reinstall agentguard)."
         )
     try:
         app = WatchApp(path, open_run=run_id)

@@ -13,9 +13,11 @@ from textual.widgets import Button, Static
 from agentguard.tui.data import RunDetail, StepView
 
 
-def question(detail: RunDetail, step: StepView) -> Text:
+def question(detail: RunDetail, step: StepView, moved: str | None = None) -> Text:
     text = Text()
     text.append("Restore the working tree?\n\n", style="bold")
+    if moved:
+        text.append(f"⚠ {moved[0].upper()}{moved[1:]}.\n\n", style="bold yellow")
     text.append(f"{detail.run.project}\n", style="bold")
     text.append(
         f"goes back to step {step.number}'s checkpoint {step.checkpoint or ''}: the tree just "
@@ -60,14 +62,15 @@ class ConfirmRestore(ModalScreen[bool]):
     ConfirmRestore Button { margin-left: 2; }
     """
 
-    def __init__(self, detail: RunDetail, step: StepView) -> None:
+    def __init__(self, detail: RunDetail, step: StepView, moved: str | None = None) -> None:
         super().__init__()
         self.detail = detail
         self.step = step
+        self.moved = moved
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(question(self.detail, self.step), id="question")
+            yield Static(question(self.detail, self.step, self.moved), id="question")
             with Horizontal():
                 yield Button("Cancel (n)", id="cancel")
                 yield Button("Restore (y)", id="restore", variant="warning")

@@ -24,12 +24,13 @@ from agentguard.resuming import accept_refused
 from agentguard.store import Store
 from agentguard.tui import formatting as fmt
 from agentguard.tui.data import AttemptView, RunDetail, StepView
-from agentguard.tui.messages import AcceptFinished, RestoreFinished
+from agentguard.tui.messages import AcceptFinished, RestoreAsked, RestoreFinished
 from agentguard.tui.screens.confirm import ConfirmRestore
 from agentguard.tui.screens.diff import DiffScreen
 from agentguard.tui.screens.runs import STATUS_STYLE
 from agentguard.tui.trees import checkpoint_problem
 from agentguard.tui.widgets import Banner, Cell, Clipped, Column, KeyedTable
+from agentguard.user_repo import moved_since
 
 if TYPE_CHECKING:
     from agentguard.tui.app import WatchApp
@@ -236,6 +237,9 @@ class RunScreen(Screen[None]):
         text.append(f" · {run.id} · {run.project}\n", style="")
         subs = len(detail.substituted)
         text.append(f"primary {run.primary_model or fmt.DASH} · {len(detail.steps)} steps")
+        if detail.git is not None:  # the user's repository at the latest checkpoint
+            dirty = "uncommitted changes" if detail.git.dirty else "clean"
+            text.append(f" · {detail.git.describe(branch_word=False)}, {dirty}")
         if subs:
             text.append(f" · ⚠ {subs} substituted", style="bold red")
         if run.created_at is not None:
@@ -336,9 +340,30 @@ class RunScreen(Screen[None]):
         step = self._usable_step()
         if step is None or self.detail is None:
             return
-        detail = self.detail
+        self._ask_restore(self.detail, step)
+
+    @work(thread=True, exclusive=True, group="ask-restore", exit_on_error=False)
+    def _ask_restore(self, detail: RunDetail, step: StepView) -> None:
+        """Read the user's repository off the UI thread: has its branch or HEAD moved since
+        the checkpoint? The question says so before anything is rewritten."""
+        moved = None
+        if step.checkpoint:
+            try:
+                store = Store(self.watch_app.reader.path)
+                try:
+                    moved = moved_since(store, detail.run.project, step.checkpoint)
+                finally:
+                    store.close()
+            except Exception:  # the question is still asked, without the note
+                moved = None
+        self.post_message(RestoreAsked(detail, step, moved))
+
+    @on(RestoreAsked)
+    def _asked(self, message: RestoreAsked) -> None:
+        detail, step = message.detail, message.step
         self.app.push_screen(
-            ConfirmRestore(detail, step), callback=partial(self._confirmed, detail, step)
+            ConfirmRestore(detail, step, moved=message.moved),
+            callback=partial(self._confirmed, detail, step),
         )
 
     def _confirmed(self, detail: RunDetail, step: StepView, yes: bool | None) -> None:
