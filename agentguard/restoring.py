@@ -20,8 +20,6 @@ new folder's store and `runs.project` is updated (with a `project_moved` event),
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -32,7 +30,7 @@ from typing import Any
 from agentguard.errors import AgentGuardError, ProjectError, SnapshotError
 from agentguard.home import project_key
 from agentguard.resuming import ensure_not_live
-from agentguard.shadow.gitenv import failure, git_env
+from agentguard.shadow.bare import BareGit
 from agentguard.snapshots import RestoreResult, ShadowRepo, Snapshot
 from agentguard.store import Store, dumps
 from agentguard.user_repo import columns, moved_since, read_state
@@ -400,7 +398,7 @@ def _copy_run_snapshots(store: Store, run_id: str, old_dir: Path, new_dir: Path)
     shadow store into the new one (git copies the objects; the old store keeps its own). A store
     gc has cut (shallow) passes its cut on: the new store never holds a commit without its
     parents unless its `shallow` file says so."""
-    old = _BareGit(old_dir)
+    old = BareGit(old_dir, purpose="copy runs")
     prefix = f"{RUNS_PREFIX}{run_id}/"
     with _store_locks(old_dir, new_dir):
         listing = old.run(["for-each-ref", "--format=%(objectname) %(refname)", prefix])
@@ -412,7 +410,7 @@ def _copy_run_snapshots(store: Store, run_id: str, old_dir: Path, new_dir: Path)
             old.run(["update-ref", "--stdin"], stdin=lines.encode())
         if not pointed and not present:
             return 0
-        _BareGit(new_dir).run(
+        BareGit(new_dir, purpose="copy runs").run(
             [
                 "fetch",
                 "--quiet",
@@ -423,51 +421,6 @@ def _copy_run_snapshots(store: Store, run_id: str, old_dir: Path, new_dir: Path)
             ]
         )
     return len(pointed | set(present))
-
-
-class _BareGit:
-    """git on a shadow store's bare repository alone (no work tree), in snapshots' environment."""
-
-    def __init__(self, store_dir: Path) -> None:
-        exe = shutil.which("git")
-        if exe is None:
-            raise SnapshotError("git is not installed or not on PATH; install git to copy runs.")
-        self.exe = exe
-        self.store_dir = store_dir
-        env = git_env(store_dir / "repo.git", store_dir, store_dir / "index")
-        del env["GIT_WORK_TREE"]
-        del env["GIT_INDEX_FILE"]
-        self.env = env
-
-    def run(self, args: list[str], *, stdin: bytes | None = None) -> bytes:
-        try:
-            result = subprocess.run(
-                [self.exe, *args],
-                input=stdin,
-                stdin=None if stdin is not None else subprocess.DEVNULL,
-                capture_output=True,
-                cwd=self.store_dir,
-                env=self.env,
-                check=False,
-            )
-        except OSError as exc:
-            raise SnapshotError(f"git could not be started ({exc.strerror}).") from None
-        if result.returncode != 0:
-            raise SnapshotError(failure(args[0], result.stderr, self.store_dir))
-        return result.stdout
-
-    def existing_commits(self, commits: list[str]) -> list[str]:
-        if not commits:
-            return []
-        out = self.run(
-            ["cat-file", "--batch-check=%(objectname) %(objecttype)"],
-            stdin="".join(f"{c}\n" for c in commits).encode(),
-        )
-        return [
-            parts[0]
-            for parts in (line.split() for line in out.decode().splitlines())
-            if len(parts) == 2 and parts[1] == "commit"
-        ]
 
 
 @contextmanager

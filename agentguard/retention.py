@@ -25,8 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +35,8 @@ from typing import Any
 
 from agentguard.errors import SnapshotError
 from agentguard.home import project_key
-from agentguard.snapshots import HEAD_REF, _failure, _git_env
+from agentguard.shadow.bare import BareGit
+from agentguard.snapshots import HEAD_REF
 from agentguard.store import Store
 
 try:  # pragma: no cover - Windows has no fcntl
@@ -335,10 +334,10 @@ class _StoreCollector:
     policy: RetentionPolicy
     now: float
     dry_run: bool
-    git: _Git = field(init=False)
+    git: BareGit = field(init=False)
 
     def __post_init__(self) -> None:
-        self.git = _Git(self.store_dir)
+        self.git = BareGit(self.store_dir, purpose="run gc")
 
     def collect(self) -> _Outcome:
         budget = self.policy.max_bytes
@@ -580,40 +579,6 @@ class _StoreCollector:
             yield
         finally:
             os.close(fd)
-
-
-class _Git:
-    """git on a shadow store's bare repository: snapshots' scrubbed environment, no work tree."""
-
-    def __init__(self, store_dir: Path) -> None:
-        exe = shutil.which("git")
-        if exe is None:
-            raise SnapshotError("git is not installed or not on PATH; install git to run gc.")
-        self.exe = exe
-        self.store_dir = store_dir
-        self.git_dir = store_dir / "repo.git"
-        env = _git_env(self.git_dir, store_dir, store_dir / "index")
-        del env["GIT_WORK_TREE"]  # gc needs no work tree: never point git at the project
-        self.env = env
-
-    def run(self, args: Sequence[str], *, stdin: str | bytes | None = None) -> bytes:
-        data = stdin.encode() if isinstance(stdin, str) else stdin
-        try:
-            result = subprocess.run(
-                [self.exe, *args],
-                input=data,
-                stdin=None if data is not None else subprocess.DEVNULL,
-                capture_output=True,
-                cwd=self.store_dir,
-                env=self.env,
-                check=False,
-            )
-        except OSError as exc:
-            raise SnapshotError(f"git could not be started ({exc.strerror}).") from None
-        if result.returncode != 0:
-            command = next((a for a in args if not a.startswith("-") and "=" not in a), "git")
-            raise SnapshotError(_failure(command, result.stderr, self.store_dir))
-        return result.stdout
 
 
 # -- helpers ---------------------------------------------------------------------------------
