@@ -8,6 +8,8 @@ recorded with its credentials masked, and is answered in its provider's wire for
 
     POST /v1/messages            Anthropic Messages (also `?beta=true`), JSON or SSE
     POST /v1/chat/completions    OpenAI Chat Completions, JSON or SSE
+    POST /v1/messages/count_tokens  {"input_tokens": N}, N as the answer's usage would say
+    GET  /v1/models              the `models=` given (a 404 like any other path without it)
     anything else                404 in the provider's error shape
 
 Any key is accepted (`x-api-key` or `Authorization: Bearer`) unless `api_key=` is given.
@@ -31,7 +33,7 @@ from agentguard.testing.recording import (
     mask_query,
     secrets_in,
 )
-from agentguard.testing.respond import play
+from agentguard.testing.respond import JSON, play
 from agentguard.testing.script import (
     Reply,
     ReplyQueue,
@@ -42,7 +44,9 @@ from agentguard.testing.script import (
     ok,
 )
 from agentguard.testing.transport import Exchange, LoopbackServer
-from agentguard.testing.wire import Context, Wire, next_sequence
+from agentguard.testing.wire import Context, Wire, dumps, next_sequence
+
+COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
 class FakeProvider:
@@ -55,8 +59,10 @@ class FakeProvider:
         host: str = "127.0.0.1",
         port: int = 0,
         api_key: str | None = None,
+        models: list[str] | None = None,
     ) -> None:
         self._model: ScriptedModel = model or default_model
+        self._models = models  # opt-in: GET /v1/models lists these
         self._host, self._port = host, port
         self._api_key = api_key  # opt-in: when set, any other key gets 401
         self._queue = ReplyQueue()
@@ -156,7 +162,12 @@ class FakeProvider:
         ctx = Context.for_request(seq, request_id, body)
         model = body.get("model") if isinstance(body.get("model"), str) else None
         stream = body.get("stream") is True
-        reply = self._choose(ex.command, path, wire, problem, headers, model).sent_as(stream)
+        local = self._local(ex.command, path, body, problem, ctx)
+        reply = (
+            ok()
+            if local is not None
+            else self._choose(ex.command, path, wire, problem, headers, model)
+        ).sent_as(stream)
         secrets = secrets_in(headers)
         record = RecordedRequest(
             api=wire.api,
@@ -171,6 +182,13 @@ class FakeProvider:
             request_id=request_id,
             received_at=received_at,
         )
+        if local is not None:
+            with self._lock:
+                self._records.append(record)
+            data = dumps(local).encode()
+            ex.start(200, {"request-id": request_id, "content-type": JSON}, length=len(data))
+            ex.write(data)
+            return
         turn: Turn | None = None
         if reply.needs_turn:
             try:
@@ -186,6 +204,21 @@ class FakeProvider:
         if reply.served_model:
             ctx = replace(ctx, model=reply.served_model)
         play(ex, wire, reply, turn, ctx, stream=stream)
+
+    def _local(
+        self, method: str, path: str, body: dict, problem: str | None, ctx: Context
+    ) -> dict | None:
+        """The answer of an endpoint that is not a model call (count_tokens, models), or None."""
+        if method == "POST" and path == COUNT_TOKENS and problem is None:
+            return {"input_tokens": ctx.input_tokens}
+        if method == "GET" and path == "/v1/models" and self._models is not None:
+            data = [
+                {"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"}
+                for m in self._models
+            ]
+            first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+            return {"data": data, "has_more": False, "first_id": first, "last_id": last}
+        return None
 
     def _choose(
         self,
@@ -210,7 +243,7 @@ class FakeProvider:
 
 def _wire_for(path: str, headers: dict[str, str]) -> Wire:
     """Anthropic for its paths or when the client says it is (anthropic-version); else OpenAI."""
-    if path in anthropic_wire.WIRE.paths or "anthropic-version" in headers:
+    if path in anthropic_wire.WIRE.paths or path == COUNT_TOKENS or "anthropic-version" in headers:
         return anthropic_wire.WIRE
     return openai_wire.WIRE
 
