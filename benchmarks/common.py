@@ -98,7 +98,19 @@ def number(value: float, unit: str) -> str:
 def machine() -> dict[str, Any]:
     """Enough about the machine to compare runs honestly."""
     git = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    edited = subprocess.run(
+        ["git", "status", "--porcelain", "--", "agentguard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     return {
+        "commit": head or "?",  # the agentguard measured: this commit, plus edited files
+        "edited": len(edited),  # files under agentguard/ differing from that commit
         "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -18,7 +18,10 @@ def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
         f"Run {m.get('when', '?')} on {m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, "
-        f"Python {m.get('python', '?')}, {m.get('git', 'git ?')}.",
+        f"Python {m.get('python', '?')}, {m.get('git', 'git ?')}"
+        + (f"; agentguard at commit {m['commit']}" if "commit" in m else "")
+        + (f" with {m['edited']} file(s) under agentguard/ edited" if m.get("edited") else "")
+        + ".",
         "",
     ]
     lines.append("| benchmark | case | metric | value | baseline | target | met |")
