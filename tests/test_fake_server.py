@@ -618,6 +618,23 @@ def test_unknown_paths_get_a_404_in_the_provider_shape(fake: FakeProvider) -> No
     assert [r.api for r in fake.requests] == ["anthropic", "openai"]
 
 
+def test_head_probes_are_answered_without_a_body_and_recorded(fake: FakeProvider) -> None:
+    """Claude Code sends `HEAD /api/hello` (no key) unless nonessential traffic is off."""
+    with httpx2.Client(base_url=fake.base_url) as client:
+        answers = [client.head(path) for path in ("/api/hello", "/", "/v1/nothing")]
+        after = client.post("/v1/messages?beta=true", json={"model": CLAUDE, "messages": HI})
+    assert [r.status_code for r in answers] == [200, 200, 404]
+    assert all(r.content == b"" for r in answers)
+    assert after.status_code == 200 and after.json()["content"][0]["text"] == "ok"
+    assert [(r.method, r.path, r.reply) for r in fake.requests] == [
+        ("HEAD", "/api/hello", "ok"),
+        ("HEAD", "/", "ok"),
+        ("HEAD", "/v1/nothing", "error:404"),
+        ("POST", "/v1/messages", "ok"),
+    ]
+    assert answers[0].headers["request-id"] == fake.requests[0].request_id
+
+
 def test_a_body_that_is_not_json_is_a_400(fake: FakeProvider) -> None:
     response = httpx2.post(
         f"{fake.base_url}/v1/messages", content=b"{nope", headers={"anthropic-version": "x"}

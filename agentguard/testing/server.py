@@ -10,6 +10,7 @@ recorded with its credentials masked, and is answered in its provider's wire for
     POST /v1/chat/completions    OpenAI Chat Completions, JSON or SSE
     POST /v1/messages/count_tokens  {"input_tokens": N}, N as the answer's usage would say
     GET  /v1/models              the `models=` given (a 404 like any other path without it)
+    HEAD / and /api/hello        200, no body (Claude Code's reachability probes)
     anything else                404 in the provider's error shape
 
 Any key is accepted (`x-api-key` or `Authorization: Bearer`) unless `api_key=` is given.
@@ -47,6 +48,7 @@ from agentguard.testing.transport import Exchange, LoopbackServer
 from agentguard.testing.wire import Context, Wire, dumps, next_sequence
 
 COUNT_TOKENS = "/v1/messages/count_tokens"
+PROBES = frozenset({"/", "/api/hello"})  # HEAD: Claude Code checks it can reach the API
 
 
 class FakeProvider:
@@ -182,6 +184,11 @@ class FakeProvider:
             request_id=request_id,
             received_at=received_at,
         )
+        if ex.command == "HEAD":  # a status and headers, never a body
+            with self._lock:
+                self._records.append(record)
+            ex.start(reply.status, {"request-id": request_id}, length=0)
+            return
         if local is not None:
             with self._lock:
                 self._records.append(record)
@@ -229,6 +236,8 @@ class FakeProvider:
         headers: dict[str, str],
         model: str | None,
     ) -> Reply:
+        if method == "HEAD":
+            return ok() if path in PROBES else error(404, "not_found_error", f"Not found: {path}")
         if method != "POST" or path not in wire.paths:
             return error(404, "not_found_error", f"Not found: {method} {path}")
         if problem is not None:

@@ -62,7 +62,7 @@ class Exchange(BaseHTTPRequestHandler):
             traceback.print_exc(file=sys.stderr)
             self._fail_loudly()
 
-    do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = _dispatch
+    do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
 
     def _fail_loudly(self) -> None:
         """A bug in the fake: answer 500 if nothing was sent yet, else cut the connection."""
