@@ -19,7 +19,9 @@ request, account and configuration errors: retrying those with the same body can
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -79,8 +81,30 @@ class Decision:
     reason: str = ""
 
 
+class UpstreamError(Exception):
+    """A provider's error as the proxy received it, verbatim: a non-2xx answer (`status`,
+    `headers`, `body` bytes), or an SSE `error` event before any content (`status` None, the
+    event's data as `body`). Classified exactly like the SDKs' APIStatusError."""
+
+    def __init__(self, status: int | None, headers: Mapping[str, str], body: bytes) -> None:
+        self.status_code = status
+        self.headers = {str(k).lower(): str(v) for k, v in headers.items()}
+        self.body = body
+        error = _error_object(self.json())
+        detail = error.get("message") if isinstance(error.get("message"), str) else ""
+        super().__init__(f"{status or 'stream'} {error.get('type') or ''}: {detail}".strip())
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+
+
 def describe(exc: BaseException, now: float | None = None) -> Failure | None:
-    """Read an exception from the anthropic or openai SDK (or their HTTP layer); None if foreign."""
+    """Read an exception from the anthropic or openai SDK (or their HTTP layer), or an
+    UpstreamError from the proxy; None if foreign."""
     if isinstance(exc, httpx2.TimeoutException):
         return Failure(Kind.NETWORK, None, "timeout", None, None, _first_line(exc) or "timed out")
     if isinstance(exc, httpx2.TransportError):
@@ -92,26 +116,46 @@ def describe(exc: BaseException, now: float | None = None) -> Failure | None:
             None,
             _first_line(exc) or type(exc).__name__,
         )
+    if isinstance(exc, UpstreamError):
+        body = exc.json()
+        return _status_failure(
+            exc.status_code, body, exc.headers, _body_request_id(body), str(exc), now
+        )
     module = type(exc).__module__.split(".")[0]
     if module not in ("anthropic", "openai"):
         return None
     body = getattr(exc, "body", None)
-    error = _error_object(body)
     status = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)
     headers = response.headers if response is not None else {}
-    error_type = error.get("type") if isinstance(error.get("type"), str) else None
-    code = _error_code(error)
-    request_id = (
-        getattr(exc, "request_id", None) or headers.get("request-id") or headers.get("x-request-id")
-    )
-    message = error.get("message") if isinstance(error.get("message"), str) else None
-    message = message or _first_line(exc)
     if status is None:  # connection failure or a mid-stream error without a status
+        error = _error_object(body)
+        message = error.get("message") if isinstance(error.get("message"), str) else None
+        message = message or _first_line(exc)
         if type(exc).__name__ in ("APITimeoutError",):
             return Failure(Kind.NETWORK, None, "timeout", None, None, message)
         if type(exc).__name__ == "APIConnectionError":
             return Failure(Kind.NETWORK, None, "connection_error", None, None, message)
+    return _status_failure(
+        status, body, headers, getattr(exc, "request_id", None), _first_line(exc), now
+    )
+
+
+def _status_failure(
+    status: int | None,
+    body: Any,
+    headers: Any,
+    request_id: str | None,
+    fallback_message: str,
+    now: float | None,
+) -> Failure:
+    """A provider's error answer: its status, its body's error object and its headers."""
+    error = _error_object(body)
+    error_type = error.get("type") if isinstance(error.get("type"), str) else None
+    code = _error_code(error)
+    request_id = request_id or headers.get("request-id") or headers.get("x-request-id")
+    message = error.get("message") if isinstance(error.get("message"), str) else None
+    message = message or fallback_message
     kind = _kind(status, error_type, code)
     return Failure(
         kind=kind,
@@ -227,6 +271,11 @@ def _error_object(body: Any) -> dict[str, Any]:
             return inner
         return body
     return {}
+
+
+def _body_request_id(body: Any) -> str | None:
+    found = body.get("request_id") if isinstance(body, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _error_code(error: dict[str, Any]) -> str | None:

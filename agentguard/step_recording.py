@@ -17,7 +17,7 @@ from agentguard.process_end import describe as describe_exception
 from agentguard.records import AttemptRecord, StepInfo
 from agentguard.routes import Route
 from agentguard.snapshots import Snapshot
-from agentguard.step_types import StepState
+from agentguard.step_types import Served, StepState
 from agentguard.store import Store
 
 log = logging.getLogger("agentguard")
@@ -36,6 +36,26 @@ class StepRecording:
 
     def event(self, step_id: int | None, kind: str, **detail: Any) -> None:
         self.store.insert_event(self.run_id, kind, detail, at=self.clock.now(), step_id=step_id)
+
+    def complete_stream(
+        self, step_id: int, final: Served | None, *, status: str = "ok", reason: str | None = None
+    ) -> None:
+        """A step whose answer was passed on live (the proxy) ends after the step returned:
+        record the response the stream added up to, and — when it did not end well — that the
+        client went away (`cancelled`) or the stream broke after its first content (`failed`)."""
+        fields: dict[str, Any] = {}
+        if final is not None:
+            fields.update(
+                response=final.response_json,
+                input_tokens=final.input_tokens,
+                output_tokens=final.output_tokens,
+                stop_reason=final.stop_reason,
+            )
+        if status != "ok":
+            fields.update(status=status, error=reason)
+            self.event(step_id, f"stream_{status}", reason=reason)
+        if fields:
+            self.store.update_step(step_id, **fields)
 
     def _open_attempt(self, state: StepState, route: Route, number: int, began_at: float) -> int:
         """Write the attempt before it is sent: a crash mid-call still leaves its trace."""

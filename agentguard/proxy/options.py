@@ -1,0 +1,119 @@
+"""What a proxy is started with: the project, the store, the policy and the routes per front.
+
+Routes are validated before the proxy listens (an unknown provider, a route listed twice or a
+fallback whose key variable is not set is one sentence at start-up, as with `wrap()`). A chain
+route on a front's own provider (`anthropic:claude-sonnet-4-6` for the Anthropic front) goes to
+that front's upstream with the client's own credential; any other route needs its key variable,
+and only a request that presented an accepted credential may use it (see `credentials`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentguard.clock import Clock
+from agentguard.config import load_config
+from agentguard.guard import project_folder
+from agentguard.policy import Policy
+from agentguard.routes import KNOWN_PROVIDERS, Route, check_keys, parse_chain
+from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES
+
+ANTHROPIC_URL = "https://api.anthropic.com"
+OPENAI_URL = "https://api.openai.com/v1"
+FRONTS = ("anthropic", "openai")
+
+
+@dataclass
+class ProxyOptions:
+    project: Path
+    upstreams: dict[str, str]  # front kind → the base URL of its own provider
+    chain: list[Route] = field(default_factory=list)
+    policy: str | Policy | dict[str, Any] | None = None
+    home: str | os.PathLike[str] | None = None
+    accepted_keys: frozenset[str] = frozenset()
+    snapshots: bool = True
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    secret_files: Sequence[str] | None = None
+    clock: Clock | None = None
+    rng: random.Random | None = None
+
+    @classmethod
+    def build(
+        cls,
+        project: str | os.PathLike[str] = ".",
+        *,
+        chain: Iterable[str | Mapping[str, Any] | Route] | None = None,
+        policy: str | Policy | dict[str, Any] | None = None,
+        upstream: str | None = None,
+        openai_upstream: str | None = None,
+        home: str | os.PathLike[str] | None = None,
+        accept_key_envs: Sequence[str] = (),
+        accepted_keys: Iterable[str] = (),
+        config: str | os.PathLike[str] | None = None,
+        snapshots: bool | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> ProxyOptions:
+        """Validate everything before the proxy listens; a problem is one ConfigError."""
+        folder = project_folder(project)
+        settings, _ = load_config(folder, config)
+        upstreams = {
+            "anthropic": (upstream or ANTHROPIC_URL).rstrip("/"),
+            "openai": (openai_upstream or OPENAI_URL).rstrip("/"),
+        }
+        routes = parse_chain(chain if chain is not None else settings.chain, settings.providers)
+        routes = [own_route(route, upstreams) for route in routes]
+        check_keys(routes)
+        keys = set(accepted_keys)
+        for name in accept_key_envs:
+            value = os.environ.get(name)
+            if not value:
+                from agentguard.errors import ConfigError
+
+                raise ConfigError(
+                    f"--accept-key-env {name}: ${name} is not set; set it to the key your "
+                    "agent presents, or leave the option out."
+                )
+            keys.add(value)
+        return cls(
+            project=folder,
+            upstreams=upstreams,
+            chain=routes,
+            policy=policy if policy is not None else settings.policy,
+            home=home,
+            accepted_keys=frozenset(keys),
+            snapshots=next(v for v in (snapshots, settings.snapshots, True) if v is not None),
+            max_file_bytes=settings.max_file_bytes or DEFAULT_MAX_FILE_BYTES,
+            secret_files=settings.secret_files,
+            clock=clock,
+            rng=rng,
+        )
+
+    def primary(self, kind: str, model: str) -> Route:
+        """The route a request asked for: its front's own provider, with its own credential."""
+        return Route(provider=kind, model=model, kind=kind, base_url=self.upstreams[kind])  # type: ignore[arg-type]
+
+    def chain_for(self, kind: str) -> list[Route]:
+        """The fallback routes a front may use: those speaking its wire format (translating
+        to the other provider's format is not built into the proxy yet)."""
+        return [route for route in self.chain if route.kind == kind]
+
+
+def own_route(route: Route, upstreams: Mapping[str, str]) -> Route:
+    """A chain route on a front's own provider goes where that front's requests go, with the
+    client's own credential (api_key_env None)."""
+    spec = KNOWN_PROVIDERS.get(route.provider)
+    if (
+        route.provider in upstreams
+        and route.provider == route.kind
+        and spec is not None
+        and route.base_url == spec.base_url
+        and route.api_key_env == spec.api_key_env
+    ):
+        return route.model_copy(update={"base_url": upstreams[route.kind], "api_key_env": None})
+    return route

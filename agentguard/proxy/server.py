@@ -1,0 +1,361 @@
+"""The proxy's HTTP face: an aiohttp server whose model calls are guarded steps.
+
+    POST /v1/messages (any query)      a guarded step; JSON or SSE passed through
+    POST /v1/chat/completions          the same for OpenAI-speaking agents
+    POST /v1/messages/count_tokens     forwarded to the Anthropic upstream untouched
+    GET  /v1/models[/…]                forwarded to the Anthropic upstream untouched
+    HEAD / and /api/hello              200, answered here
+    anything else                      404 in Anthropic's error shape
+
+A body that is not JSON is a 400 `invalid_request_error`; one over 32 MB a 413
+`request_too_large`, refused here and never sent. When the step has spent its retries and
+fallbacks, the client gets the provider's last status and body with `x-should-retry: false`,
+so its own retry loop does not multiply the load. Every answer of a step names the model that
+served it (`x-agentguard-served-model`) and its run and step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from agentguard.classify import UpstreamError
+from agentguard.errors import AgentGuardError, RetriesExhausted, RunQueued
+from agentguard.proxy import answers
+from agentguard.proxy.credentials import trusted, usable
+from agentguard.proxy.options import ProxyOptions
+from agentguard.proxy.sessions import AGENT_HEADER, Sessions, conversation_key
+from agentguard.proxy.stream import LiveStream
+from agentguard.proxy.upstream import (
+    _NOT_RETURNED,
+    Answer,
+    Incoming,
+    Upstream,
+    forwarded_headers,
+)
+from agentguard.records import StepInfo, info
+from agentguard.step_types import Served, StepRequest
+from agentguard.store import Store, dumps
+
+log = logging.getLogger("agentguard.proxy")
+
+MAX_BODY = 32 * 1024 * 1024  # the Messages API's own limit
+_LOCAL_HEAD = frozenset({"/", "/api/hello"})
+_MODEL_CALLS = {"/v1/messages": "anthropic", "/v1/chat/completions": "openai"}
+
+
+class ProxyServer:
+    """The server and the runs it records into; start() and stop() on its event loop."""
+
+    def __init__(self, options: ProxyOptions, store: Store | None = None) -> None:
+        self.options = options
+        self.store = store or Store.open(options.home)
+        self.sessions = Sessions(options, self.store)
+        self.upstream: Upstream | None = None
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen; returns the port (the one the system picked for 0). OSError if it cannot."""
+        self.upstream = Upstream()
+        runner = web.AppRunner(
+            self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            await self.upstream.aclose()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening, end the streams in flight, close every run (completed)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        if self.upstream is not None:
+            await self.upstream.aclose()
+        self.sessions.close()
+
+    # -- routing -------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path, method = request.path, request.method
+        try:
+            if method == "HEAD" and path in _LOCAL_HEAD:
+                return web.Response(status=200)
+            kind = _MODEL_CALLS.get(path)
+            if kind is not None and method == "POST":
+                return await self.model_call(kind, request)
+            if (method == "POST" and path == "/v1/messages/count_tokens") or (
+                method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/"))
+            ):
+                return await self.forward(request)
+            return _error(
+                "anthropic", 404, "not_found_error", f"agentguard proxy: no {method} {path} here"
+            )
+        except _TooLarge:
+            return _error(
+                _MODEL_CALLS.get(path, "anthropic"),
+                413,
+                "request_too_large",
+                f"Request exceeds the maximum allowed number of bytes ({MAX_BODY}); "
+                "agentguard refused it without sending it.",
+            )
+        except Exception:
+            log.exception("agentguard proxy: %s %s failed", method, path)
+            return _error(
+                _MODEL_CALLS.get(path, "anthropic"),
+                500,
+                "api_error",
+                "agentguard proxy: internal error (see the proxy's log)",
+            )
+
+    async def forward(self, request: web.Request) -> web.Response:
+        """count_tokens and models: not model calls, passed to the Anthropic upstream as is."""
+        assert self.upstream is not None
+        incoming = await _incoming("anthropic", request)
+        route = self.options.primary("anthropic", "-")
+        answer = await self.upstream.passthrough(route, incoming)
+        return web.Response(
+            status=answer.status, headers=_headers(answer.headers), body=answer.body
+        )
+
+    # -- a model call: one guarded step ------------------------------------------------------
+
+    async def model_call(self, kind: str, request: web.Request) -> web.StreamResponse:
+        assert self.upstream is not None
+        upstream = self.upstream
+        incoming = await _incoming(kind, request)
+        try:
+            data = json.loads(incoming.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(
+                kind, 400, "invalid_request_error", f"The request body is not valid JSON: {exc}"
+            )
+        if not isinstance(data, dict):
+            return _error(kind, 400, "invalid_request_error", "The request body must be an object")
+        model, messages = data.get("model"), data.get("messages")
+        if not isinstance(model, str) or not model or not isinstance(messages, list):
+            # not a call agentguard can guard: the provider answers it (with its own 400)
+            answer = await upstream.passthrough(self.options.primary(kind, "-"), incoming)
+            return web.Response(
+                status=answer.status, headers=_headers(answer.headers), body=answer.body
+            )
+        headers = incoming.header_map
+        requested = self.options.primary(kind, model)
+        routes = usable(
+            self.options.chain_for(kind),
+            trusted_request=trusted(headers, self.options.accepted_keys),
+        )
+        session = self.sessions.session(kind, headers, data)
+        agent = headers.get(AGENT_HEADER)
+        lane = f"{agent or 'main'}:{conversation_key(data)}"
+
+        def started(guard: Any, step_id: int) -> None:
+            if agent:
+                guard.event(step_id, "agent", agent_id=agent)
+
+        step = StepRequest(
+            route=requested, messages=messages, params=data, stream=data.get("stream") is True
+        )
+        try:
+            value = await self.sessions.step(
+                session,
+                lane,
+                step,
+                routes,
+                lambda call: upstream.attempt(call.route, requested, incoming),
+                started,
+            )
+        except UpstreamError as exc:  # rejected (400/413), or every route unusable (401/403)
+            return _upstream_error(kind, exc, gave_up=False)
+        except (RetriesExhausted, RunQueued) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, UpstreamError):
+                return _upstream_error(kind, cause, gave_up=True)
+            return _error(kind, 502, "api_error", str(exc), gave_up=True)
+        except AgentGuardError as exc:
+            return _error(kind, 500, "api_error", f"agentguard: {exc}", gave_up=True)
+        step_info = info(value)
+        marks = [
+            ("x-agentguard-served-model", step_info.served_model),
+            ("x-agentguard-run", step_info.run_id),
+            ("x-agentguard-step", str(step_info.step)),
+        ]
+        if isinstance(value, Answer):
+            return web.Response(
+                status=value.status, headers=_headers([*value.headers, *marks]), body=value.body
+            )
+        assert isinstance(value, LiveStream)
+        return await self._pass_stream(request, value, marks, session.guard, step_info)
+
+    async def _pass_stream(
+        self,
+        request: web.Request,
+        stream: LiveStream,
+        marks: list[tuple[str, str]],
+        guard: Any,
+        step_info: StepInfo,
+    ) -> web.StreamResponse:
+        """Write the stream to the client as it comes; record how it ended."""
+        response = web.StreamResponse(status=stream.status, headers=_headers(stream.headers))
+        for name, value in marks:
+            response.headers[name] = value
+        status, reason = "ok", None
+        try:
+            await response.prepare(request)
+            async for chunk in stream:
+                await response.write(chunk)
+            await response.write_eof()
+            if stream.error is not None:
+                status, reason = "failed", f"after its first content: {stream.error}"
+        except (asyncio.CancelledError, ConnectionError) as exc:
+            status, reason = "cancelled", f"the client went away mid-stream ({type(exc).__name__})"
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            await stream.aclose()
+            guard.complete_stream(step_info.step_id, _final(stream), status=status, reason=reason)
+        return response
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _incoming(kind: str, request: web.Request) -> Incoming:
+    """The request's headers and body; a body over MAX_BODY is read to its end (so the client
+    gets the answer, not a reset) but never kept."""
+    body = bytearray()
+    too_large = (request.content_length or 0) > MAX_BODY
+    async for chunk in request.content.iter_chunked(1 << 16):
+        if not too_large and len(body) + len(chunk) > MAX_BODY:
+            too_large = True
+            body.clear()
+        if not too_large:
+            body += chunk
+    if too_large:
+        raise _TooLarge
+    return Incoming(
+        kind=kind,
+        method=request.method,
+        path=request.path,
+        query=request.query_string,
+        headers=forwarded_headers(list(request.headers.items())),
+        body=bytes(body),
+    )
+
+
+def _headers(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    return CIMultiDict(pairs)
+
+
+def _error(
+    kind: str, status: int, error_type: str, message: str, *, gave_up: bool = False
+) -> web.Response:
+    headers = {"content-type": answers.JSON}
+    if gave_up:
+        headers["x-should-retry"] = "false"
+    body = answers.error_body(kind, status, error_type, message)
+    return web.Response(status=status, headers=headers, body=body)
+
+
+def _upstream_error(kind: str, exc: UpstreamError, *, gave_up: bool) -> web.Response:
+    """The provider's own error, its body byte for byte. An error that came as an SSE event
+    before any content gets the status a plain request would have had."""
+    headers = CIMultiDict((k, v) for k, v in exc.headers.items() if k not in _NOT_RETURNED)
+    status = exc.status_code
+    if status is None:
+        error = (exc.json() or {}).get("error") or {}
+        status = answers.STATUS_OF_TYPE.get(str(error.get("type")), 500)
+        headers["content-type"] = answers.JSON
+    if gave_up:
+        headers["x-should-retry"] = "false"
+    return web.Response(status=status, headers=headers, body=exc.body)
+
+
+def _final(stream: LiveStream) -> Served | None:
+    final = stream.final()
+    if final.message is None:
+        return None
+    return Served(
+        value=None,
+        request_id=None,
+        model=final.model or "",
+        input_tokens=final.input_tokens,
+        output_tokens=final.output_tokens,
+        stop_reason=final.stop_reason,
+        response_json=dumps(final.message),
+    )
+
+
+class ProxyThread:
+    """A ProxyServer on its own event loop in a background thread (`agentguard run`, tests)."""
+
+    def __init__(self, options: ProxyOptions, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.server = ProxyServer(options)
+        self.host, self._port = host, port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agentguard-proxy")
+        self._thread.daemon = True
+
+    def start(self) -> ProxyThread:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            self.server.start(self.host, self._port), self._loop
+        )
+        try:
+            future.result(timeout=30)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop)
+        try:
+            future.result(timeout=30)
+        finally:
+            self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def __enter__(self) -> ProxyThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

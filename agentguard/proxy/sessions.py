@@ -1,0 +1,131 @@
+"""Which run a request belongs to, and driving its step on the proxy's event loop.
+
+One run (one `Guard`) per client session: the `x-claude-code-session-id` header, else the
+conversation itself (a hash of its system prompt and first message, so the turns of one
+conversation land in one run). Sub-agents (`x-claude-code-agent-id`) record into the session's
+run, each step marked with an `agent` event.
+
+The Guard keeps one conversation head — the messages of its latest step, so a step stores only
+what it adds. A session interleaves conversations (the main agent, sub-agents running
+concurrently, side requests such as title generation), and one head would flip between them
+and store each conversation again on every switch. So each conversation gets a *lane*: its own
+head, put in place while the step checkpoints. The checkpoint runs synchronously when the step
+starts (nothing else runs on the loop meanwhile), so concurrent steps of one run never see
+each other's head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentguard.conversation import Head, message_sha
+from agentguard.guard import Guard
+from agentguard.plan import Call, StepPlan, adrive
+from agentguard.proxy.options import ProxyOptions
+from agentguard.routes import Route
+from agentguard.step_types import Served, StepRequest
+from agentguard.store import Store
+
+SESSION_HEADER = "x-claude-code-session-id"
+AGENT_HEADER = "x-claude-code-agent-id"
+
+
+@dataclass
+class Session:
+    guard: Guard
+    lanes: dict[str, Head] = field(default_factory=dict)
+
+
+def conversation_key(body: dict[str, Any]) -> str:
+    """A conversation's fingerprint: its system prompt and first message (cache markers
+    ignored), which every later turn of it repeats."""
+    messages = body.get("messages") or []
+    first = message_sha(messages[0])[0] if messages else ""
+    system = message_sha({"system": body.get("system")})[0] if body.get("system") else ""
+    return hashlib.sha256(f"{system}:{first}".encode()).hexdigest()[:16]
+
+
+class Sessions:
+    """The proxy's runs: one Guard per (client session, front), closed when the proxy stops."""
+
+    def __init__(self, options: ProxyOptions, store: Store) -> None:
+        self.options = options
+        self.store = store
+        self._sessions: dict[tuple[str, str], Session] = {}
+
+    def session(self, kind: str, headers: dict[str, str], body: dict[str, Any]) -> Session:
+        session_id = headers.get(SESSION_HEADER)
+        key = f"session:{session_id}" if session_id else f"conversation:{conversation_key(body)}"
+        found = self._sessions.get((kind, key))
+        if found is None:
+            name = self.options.project.name
+            label = f"session {session_id[:8]}" if session_id else "proxy"
+            found = Session(self._new_guard(kind, f"{name} ({label})"))
+            self._sessions[(kind, key)] = found
+        return found
+
+    def _new_guard(self, kind: str, name: str) -> Guard:
+        o = self.options
+        return Guard(
+            o.project,
+            run=name,
+            policy=o.policy,
+            chain=o.chain_for(kind),
+            home=o.home,
+            clock=o.clock,
+            rng=o.rng,
+            snapshots=o.snapshots,
+            max_file_bytes=o.max_file_bytes,
+            secret_files=o.secret_files,
+            store=self.store,
+        )
+
+    async def step(
+        self,
+        session: Session,
+        lane: str,
+        request: StepRequest,
+        routes: list[Route],
+        call: Callable[[Call], Awaitable[Served]],
+        on_started: Callable[[Guard, int], None] | None = None,
+    ) -> Any:
+        """Run one guarded step in a conversation lane, on `routes` (the fallbacks this
+        request may use); returns what the step hands over (a served answer)."""
+        guard = session.guard
+        guard._head = session.lanes.get(lane, Head())
+        guard.chain = routes
+        plan = guard.step(request)
+        first = next(plan)  # the checkpoint: the step's row, its new messages, the snapshot
+        session.lanes[lane] = guard._head
+        if on_started is not None and guard._head.step_id is not None:
+            on_started(guard, guard._head.step_id)
+        return await adrive(_resumed(plan, first), call, guard.clock)
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.guard.close()
+        self._sessions.clear()
+
+
+def _resumed(plan: StepPlan, first: Any) -> Generator[Any, Any, Any]:
+    """A plan already started (its first action taken), handed on as if new."""
+    action = first
+    while True:
+        try:
+            reply = yield action
+        except GeneratorExit:
+            plan.close()
+            raise
+        except BaseException as exc:
+            try:
+                action = plan.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            action = plan.send(reply)
+        except StopIteration as stop:
+            return stop.value

@@ -1,0 +1,77 @@
+"""A streamed answer once its first content has arrived: passed on live, event by event.
+
+The events held back before the content (`message_start`, `ping`) go first, then the rest as
+each arrives, byte for byte. A failure from here on belongs to the client, as the provider's
+own `error` event (forwarded as it came, or — for a dropped connection — one in the
+provider's shape). What the stream added up to is assembled on the side for the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+
+from agentguard.proxy import answers, sse
+
+
+class LiveStream:
+    def __init__(
+        self,
+        kind: str,
+        status: int,
+        headers: list[tuple[str, str]],
+        held: list[sse.Event],
+        rest: AsyncIterator[sse.Event],
+        response: httpx2.Response,
+    ) -> None:
+        self.kind = kind
+        self.status = status
+        self.headers = headers
+        self._held = held
+        self._rest = rest
+        self._response = response
+        self.assembler = sse.assembler(kind)
+        for event in held:
+            self.assembler.feed(event)
+        self.error: str | None = None  # why the stream failed after its first content
+        self.done = False  # the stream was read to its end (complete or failed)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._bytes()
+
+    async def _bytes(self) -> AsyncIterator[bytes]:
+        for event in self._held:
+            yield event.raw
+        self._held = []
+        try:
+            async for event in self._rest:
+                self.assembler.feed(event)
+                if sse.is_error(self.kind, event):
+                    self.error = _error_text(event.json()) or "an error event"
+                yield event.raw
+        except httpx2.TransportError as exc:
+            self.error = f"the provider's stream broke: {type(exc).__name__}: {exc}"
+            yield answers.error_event(self.kind, self.error)
+            self.done = True
+            return
+        if self.error is None and not self.assembler.complete:
+            self.error = "the provider's stream ended before its end marker"
+            yield answers.error_event(self.kind, self.error)
+        self.done = True
+
+    def final(self) -> sse.Final:
+        return self.assembler.final()
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._response.aclose()
+
+
+def _error_text(data: Any) -> str | None:
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None
+    return f"{error.get('type') or 'error'}: {error.get('message') or ''}".strip(": ")

@@ -1,0 +1,228 @@
+"""`agentguard proxy`: the real anthropic and openai SDKs through the proxy, against the fake.
+
+Each request through the proxy is one guarded step of the same engine as the library: the
+tests look at what the client got, what the fake provider received (FakeProvider records
+every request) and what the store recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+
+from agentguard.clock import FakeClock
+from agentguard.proxy import ProxyOptions, ProxyThread
+from agentguard.store import Store
+from agentguard.testing import (
+    FakeProvider,
+    Turn,
+    midstream_error,
+    ok,
+    overloaded,
+)
+from tests.conftest import API_KEY, ATTEMPTS, storm
+
+OPUS, SONNET = "claude-opus-4-7", "claude-sonnet-4-6"
+
+
+@pytest.fixture
+def start(fake: FakeProvider, project: Path, home: Path) -> Iterator[Callable[..., ProxyThread]]:
+    """Factory: a proxy in this process on a free loopback port, upstream the fake provider."""
+    started: list[ProxyThread] = []
+
+    def make(**options: Any) -> ProxyThread:
+        options.setdefault("upstream", fake.base_url)
+        options.setdefault("openai_upstream", fake.openai_base_url)
+        options.setdefault("clock", FakeClock())
+        options.setdefault("rng", random.Random(7))
+        proxy = ProxyThread(ProxyOptions.build(project, home=home, **options)).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def proxy(start: Callable[..., ProxyThread]) -> ProxyThread:
+    return start()
+
+
+def claude(proxy: ProxyThread, **kw: Any) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, **kw)
+
+
+def ask(text: str = "hello") -> dict[str, Any]:
+    return {"model": OPUS, "max_tokens": 64, "messages": [{"role": "user", "content": text}]}
+
+
+def steps(home: Path) -> list[dict[str, Any]]:
+    store = Store.open(home)
+    try:
+        return store.query("select * from steps order by id")
+    finally:
+        store.close()
+
+
+def attempts(home: Path) -> list[dict[str, Any]]:
+    store = Store.open(home)
+    try:
+        return store.query("select * from attempts order by id")
+    finally:
+        store.close()
+
+
+def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Wait for a condition another thread makes true, bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+# -- plain answers -------------------------------------------------------------------------------
+
+
+def test_a_message_through_the_proxy_is_a_guarded_step(proxy, fake, home) -> None:
+    fake.script(ok(Turn(text="hi there")))
+    raw = claude(proxy).messages.with_raw_response.create(**ask())
+    message = raw.parse()
+    assert message.content[0].text == "hi there"
+    assert message.model == OPUS
+    assert raw.headers["x-agentguard-served-model"] == OPUS
+    [step] = steps(home)
+    assert (step["status"], step["served_model"], step["substituted"]) == ("ok", OPUS, 0)
+    assert (
+        json.loads(Store.open(home).get_step(step["id"])["response"])["content"][0]["text"]
+        == "hi there"
+    )
+    assert raw.headers["x-agentguard-run"] == step["run_id"]
+
+
+def test_a_stream_passes_through_and_its_final_message_is_recorded(proxy, fake, home) -> None:
+    fake.script(ok(Turn(text="one two three four")), ok(Turn(text="five six")))
+    client = claude(proxy)
+    events = list(client.messages.create(**ask(), stream=True))
+    assert [e.type for e in events][:2] == ["message_start", "content_block_start"]
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+    assert text == "one two three four"
+    with client.messages.stream(**ask("again")) as stream:
+        assert "".join(stream.text_stream) == "five six"
+        final = stream.get_final_message()
+    assert final.stop_reason == "end_turn"
+    first, second = steps(home)
+    assert first["run_id"] != second["run_id"]  # two conversations, no session id: two runs
+    recorded = json.loads(Store.open(home).get_step(second["id"])["response"])
+    assert recorded["content"] == [{"type": "text", "text": "five six"}]
+    assert recorded["usage"]["output_tokens"] == final.usage.output_tokens
+    assert "cache_read_input_tokens" in recorded["usage"]
+    assert (second["stop_reason"], second["output_tokens"]) == ("end_turn", 2)
+    assert second["input_tokens"] == final.usage.input_tokens
+
+
+def test_count_tokens_and_models_are_forwarded_untouched(start, home) -> None:
+    with FakeProvider(models=[OPUS, SONNET]) as fake:
+        proxy = start(upstream=fake.base_url)
+        client = claude(proxy)
+        counted = client.messages.count_tokens(model=OPUS, messages=ask()["messages"])
+        assert counted.input_tokens > 0
+        assert [m.id for m in client.models.list()] == [OPUS, SONNET]
+        assert [(r.method, r.path) for r in fake.requests] == [
+            ("POST", "/v1/messages/count_tokens"),
+            ("GET", "/v1/models"),
+        ]
+    assert steps(home) == []  # not model calls: no steps
+
+
+def test_head_requests_are_answered_locally(proxy, fake) -> None:
+    for path in ("/", "/api/hello"):
+        assert httpx2.head(f"{proxy.url}{path}").status_code == 200
+    assert fake.requests == []
+
+
+def test_an_unknown_path_is_a_404_in_anthropics_shape(proxy, fake) -> None:
+    response = httpx2.post(f"{proxy.url}/v1/complete", json={})
+    assert response.status_code == 404
+    assert response.json()["type"] == "error"
+    assert response.json()["error"]["type"] == "not_found_error"
+    assert fake.requests == []
+
+
+# -- overload, absorbed --------------------------------------------------------------------------
+
+
+def test_a_529_storm_is_absorbed_by_the_proxy(proxy, fake, home) -> None:
+    fake.script(overloaded(), overloaded(), ok(Turn(text="made it")))
+    message = claude(proxy).messages.create(**ask())
+    assert message.content[0].text == "made it"
+    assert [r.reply for r in fake.requests] == ["error:529", "error:529", "ok"]
+    assert all(r.headers.get("x-stainless-retry-count") == "0" for r in fake.requests)
+    assert [(a["status_code"], a["outcome"]) for a in attempts(home)] == [
+        (529, "retry"),
+        (529, "retry"),
+        (200, "ok"),
+    ]
+
+
+def test_an_overload_before_the_first_content_is_retried_invisibly(proxy, fake, home) -> None:
+    fake.script(midstream_error(after_events=1), ok(Turn(text="clean answer")))
+    events = list(claude(proxy).messages.create(**ask(), stream=True))
+    assert [e.type for e in events].count("message_start") == 1
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+    assert text == "clean answer"
+    assert [r.reply for r in fake.requests] == ["midstream_error", "ok"]
+    assert [a["error_type"] for a in attempts(home)] == ["overloaded_error", None]
+
+
+def test_an_overload_after_content_reaches_the_client_as_the_providers_error_event(
+    proxy, fake, home
+) -> None:
+    fake.script(midstream_error(after_events=4), ok())
+    stream = claude(proxy).messages.create(**ask(), stream=True)
+    seen = []
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        for event in stream:
+            seen.append(event.type)
+    assert "content_block_start" in seen
+    assert caught.value.body["error"]["type"] == "overloaded_error"
+    assert len(fake.requests) == 1  # the proxy did not retry what the client already saw
+    [step] = until(lambda: [s for s in steps(home) if s["status"] == "failed"])
+    assert "overloaded_error" in step["error"]
+
+
+def test_when_retries_are_spent_the_client_is_told_not_to_retry(proxy, fake, home) -> None:
+    fake.script(*storm(), overloaded())
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude(proxy, max_retries=3).messages.create(**ask())
+    assert caught.value.status_code == 529
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert caught.value.body["error"]["type"] == "overloaded_error"
+    assert len(fake.requests) == ATTEMPTS  # the SDK's own retries did not multiply them
+    assert steps(home)[0]["status"] == "failed"
+
+
+def test_a_tier_fallback_is_recorded_as_a_substitution(start, fake, home) -> None:
+    proxy = start(chain=[f"anthropic:{OPUS}", f"anthropic:{SONNET}"])
+    fake.script(*storm(), model=OPUS)
+    raw = claude(proxy).messages.with_raw_response.create(**ask())
+    assert raw.parse().model == SONNET
+    assert raw.headers["x-agentguard-served-model"] == SONNET
+    assert [r.model for r in fake.requests] == [OPUS] * ATTEMPTS + [SONNET]
+    [step] = steps(home)
+    assert (step["requested_model"], step["served_model"], step["substituted"]) == (
+        OPUS,
+        SONNET,
+        1,
+    )
+    assert "529 overloaded_error" in step["reason"]
