@@ -24,6 +24,7 @@ from agentguard.commands import (
     runs,
     show,
     stats,
+    statusline,
     watch,
 )
 from agentguard.commands.common import FAILED, USAGE, Context, exit_code, help_formatter
@@ -31,7 +32,7 @@ from agentguard.errors import AgentGuardError
 from agentguard.home import ENV_VAR, home_dir
 from agentguard.store import DB_NAME
 
-COMMANDS = (runs, show, diff, restore, resume, watch, stats, metrics, gc, demo)
+COMMANDS = (runs, show, diff, restore, resume, watch, stats, metrics, gc, demo, statusline)
 
 EPILOG = f"""\
 examples:
