@@ -19,8 +19,10 @@ from agentguard.commands import (
     diff,
     gc,
     metrics,
+    proxy,
     restore,
     resume,
+    run,
     runs,
     show,
     stats,
@@ -32,7 +34,21 @@ from agentguard.errors import AgentGuardError
 from agentguard.home import ENV_VAR, home_dir
 from agentguard.store import DB_NAME
 
-COMMANDS = (runs, show, diff, restore, resume, watch, stats, metrics, gc, demo, statusline)
+COMMANDS = (
+    runs,
+    show,
+    diff,
+    restore,
+    resume,
+    watch,
+    stats,
+    metrics,
+    gc,
+    demo,
+    statusline,
+    proxy,
+    run,
+)
 
 EPILOG = f"""\
 examples:

@@ -64,6 +64,8 @@ class Sessions:
             name = self.options.project.name
             label = f"session {session_id[:8]}" if session_id else "proxy"
             found = Session(self._new_guard(kind, f"{name} ({label})"))
+            if session_id:  # how `agentguard statusline` finds the run of a Claude Code session
+                found.guard.event(None, "client_session", session_id=session_id)
             self._sessions[(kind, key)] = found
         return found
 

@@ -1,0 +1,74 @@
+"""`agentguard proxy` and `agentguard run` from the command line."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from agentguard.cli import main
+from agentguard.testing import FakeProvider, Turn, ok
+from tests.conftest import API_KEY
+from tests.test_secrets import assert_stored_nowhere
+
+
+def test_a_port_in_use_is_one_sentence(project: Path, capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["proxy", "--listen", f"127.0.0.1:{port}", "--project", str(project)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        f"agentguard: Port {port} on 127.0.0.1 is already in use; stop what listens there or "
+        "pick another port with --listen.\n"
+    )
+
+
+def test_a_non_loopback_listen_needs_allow_remote(project: Path, capsys) -> None:
+    code = main(["proxy", "--listen", "0.0.0.0:0", "--project", str(project)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("agentguard: --listen 0.0.0.0:0 is not a loopback address")
+    assert err.count("\n") == 1 and "--allow-remote" in err
+
+
+def test_run_passes_the_proxy_to_the_child_and_its_exit_code_back(
+    fake: FakeProvider, project: Path, home: Path
+) -> None:
+    fake.script(ok(Turn(text="from the child")))
+    child = (
+        "import os, sys, json, anthropic\n"
+        "c = anthropic.Anthropic()\n"
+        "m = c.messages.create(model='claude-opus-4-7', max_tokens=9,"
+        " messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "print(json.dumps({'a': os.environ['ANTHROPIC_BASE_URL'],"
+        " 'o': os.environ['OPENAI_BASE_URL'], 't': m.content[0].text}))\n"
+        "sys.exit(7)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "AGENTGUARD_HOME": str(home), "ANTHROPIC_API_KEY": API_KEY}
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "agentguard.cli", "run", "--project", str(project)),
+            *("--upstream", fake.base_url, "--", sys.executable, "-c", child),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 7, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["a"].startswith("http://127.0.0.1:")
+    assert seen["o"] == seen["a"] + "/v1"
+    assert seen["t"] == "from the child"
+    assert len(fake.requests) == 1
+    assert_stored_nowhere(home, API_KEY)
+
+
+def test_run_without_a_command_is_refused(project: Path, capsys) -> None:
+    assert main(["run", "--project", str(project)]) == 2
+    assert "agentguard run -- claude" in capsys.readouterr().err
