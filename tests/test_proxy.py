@@ -23,14 +23,20 @@ from agentguard.proxy import ProxyOptions, ProxyThread
 from agentguard.store import Store
 from agentguard.testing import (
     FakeProvider,
+    ToolCall,
     Turn,
+    error,
     midstream_error,
     ok,
     overloaded,
+    stall,
 )
+from agentguard.testing.wire import dumps as wire_dumps
 from tests.conftest import API_KEY, ATTEMPTS, storm
 
 OPUS, SONNET = "claude-opus-4-7", "claude-sonnet-4-6"
+SESSION = "x-claude-code-session-id"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture
@@ -226,3 +232,125 @@ def test_a_tier_fallback_is_recorded_as_a_substitution(start, fake, home) -> Non
         1,
     )
     assert "529 overloaded_error" in step["reason"]
+
+
+# -- verbatim ------------------------------------------------------------------------------------
+
+
+def test_a_400_is_passed_through_byte_for_byte_and_not_retried(proxy, fake, home) -> None:
+    fake.script(error(400, message="messages.0: unexpected `tool_use_id` — Claude Code reads this"))
+    response = httpx2.post(
+        f"{proxy.url}/v1/messages",
+        json=ask(),
+        headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01"},
+    )
+    [sent] = fake.requests
+    expected = {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "messages.0: unexpected `tool_use_id` — Claude Code reads this",
+        },
+        "request_id": sent.request_id,
+    }
+    assert response.status_code == 400
+    assert response.content == wire_dumps(expected).encode()
+    assert response.headers["request-id"] == sent.request_id
+    assert steps(home)[0]["status"] == "failed"
+
+
+def test_headers_query_and_unknown_body_fields_reach_the_provider_verbatim(proxy, fake) -> None:
+    claude(proxy).messages.create(
+        **ask(),
+        extra_headers={"anthropic-beta": "claude-code-20250219,oauth-2025-04-20", "x-team": "a b"},
+        extra_query={"beta": "true"},
+        extra_body={"context_management": {"edits": []}, "not_yet_invented": [1, {"x": None}]},
+    )
+    [sent] = fake.requests
+    assert sent.query == "beta=true"
+    assert sent.headers["anthropic-beta"] == "claude-code-20250219,oauth-2025-04-20"
+    assert sent.headers["x-team"] == "a b"
+    assert sent.headers["user-agent"].startswith("Anthropic/Python")
+    assert sent.body["not_yet_invented"] == [1, {"x": None}]
+    assert sent.body["context_management"] == {"edits": []}
+
+
+def test_a_real_claude_code_conversation_passes_verbatim_into_one_run(proxy, fake, home) -> None:
+    capture = json.loads((FIXTURES / "claude-code-2.1.330-requests.json").read_text())
+    first, second = capture["requests"]
+    fake.script(
+        ok(
+            Turn(
+                text="", tool_calls=[ToolCall("Write", {"file_path": "hello.txt", "content": "hi"})]
+            )
+        ),
+        ok(Turn(text="Created hello.txt.")),
+    )
+    answers = []
+    for captured in (first, second):
+        body = json.dumps(captured["body"]).encode()
+        headers = {**captured["headers"], "x-api-key": API_KEY, SESSION: "f00dfeed-0001"}
+        with httpx2.stream(
+            "POST", f"{proxy.url}{captured['path']}?beta=true", content=body, headers=headers
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            answers.append(b"".join(response.iter_bytes()).decode())
+    assert '"type":"tool_use"' in answers[0] and '"name":"Write"' in answers[0]
+    assert "Created hello.txt." in "".join(
+        json.loads(line[6:])["delta"].get("text", "")
+        for line in answers[1].splitlines()
+        if line.startswith("data: ") and '"content_block_delta"' in line
+    )
+    for captured, sent in zip((first, second), fake.requests, strict=True):
+        assert sent.body == captured["body"]  # every field, known or not
+        assert sent.query == "beta=true"
+        assert sent.headers["anthropic-beta"] == captured["headers"]["anthropic-beta"]
+        assert sent.headers["x-app"] == "cli"
+    one, two = steps(home)
+    assert one["run_id"] == two["run_id"]  # one session, one run
+    # the second step stored only what the turn added after the messages both turns share
+    assert two["base_len"] >= 1 and two["parent_id"] == one["id"]
+    store = Store.open(home)
+    events = [e["kind"] for e in store.events(one["run_id"])]
+    assert "client_session" in events
+    blob = store.blob(Store.open(home).get_step(two["id"])["request"])
+    assert blob["_dropped"] == ["metadata"]  # stored by allow-list, as the library does
+    assert json.loads(store.get_step(one["id"])["response"])["content"][0]["name"] == "Write"
+
+
+def test_a_body_that_is_not_json_is_refused_in_anthropics_shape(proxy, fake) -> None:
+    response = httpx2.post(
+        f"{proxy.url}/v1/messages?beta=true", content=b"{nope", headers={"x-api-key": API_KEY}
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert fake.requests == []
+
+
+def test_a_body_over_32_mb_is_refused_locally_and_never_sent(proxy, fake, home) -> None:
+    big = ask("x" * (33 * 1024 * 1024))
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude(proxy, max_retries=0).messages.create(**big)
+    assert caught.value.status_code == 413
+    assert caught.value.body["error"]["type"] == "request_too_large"
+    assert fake.requests == []
+    assert steps(home) == []
+
+
+def test_a_client_that_goes_away_mid_stream_leaves_a_cancelled_step(proxy, fake, home) -> None:
+    fake.script(stall(after_events=4))
+    with httpx2.stream(
+        "POST",
+        f"{proxy.url}/v1/messages",
+        json={**ask(), "stream": True},
+        headers={"x-api-key": API_KEY},
+    ) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("event: message_start")
+    # the client closed the connection while the provider was still streaming
+    [step] = until(lambda: [s for s in steps(home) if s["status"] == "cancelled"])
+    assert "went away" in step["error"]
+    fake.release_stalls()
+    assert until(lambda: fake.requests and len(fake.requests) == 1)

@@ -1,9 +1,10 @@
 """Which run a request belongs to, and driving its step on the proxy's event loop.
 
 One run (one `Guard`) per client session: the `x-claude-code-session-id` header, else the
-conversation itself (a hash of its system prompt and first message, so the turns of one
-conversation land in one run). Sub-agents (`x-claude-code-agent-id`) record into the session's
-run, each step marked with an `agent` event.
+conversation itself (a hash of its first message, which every later turn repeats; not of the
+system prompt, which Claude Code changes from turn to turn). Sub-agents
+(`x-claude-code-agent-id`) record into the session's run, each step marked with an `agent`
+event.
 
 The Guard keeps one conversation head — the messages of its latest step, so a step stores only
 what it adds. A session interleaves conversations (the main agent, sub-agents running
@@ -40,12 +41,12 @@ class Session:
 
 
 def conversation_key(body: dict[str, Any]) -> str:
-    """A conversation's fingerprint: its system prompt and first message (cache markers
-    ignored), which every later turn of it repeats."""
+    """A conversation's fingerprint: its first message (cache markers ignored), which every
+    later turn of it repeats. The system prompt is left out: Claude Code's changes between
+    turns of one conversation (tests/fixtures/claude-code-2.1.330-requests.json)."""
     messages = body.get("messages") or []
     first = message_sha(messages[0])[0] if messages else ""
-    system = message_sha({"system": body.get("system")})[0] if body.get("system") else ""
-    return hashlib.sha256(f"{system}:{first}".encode()).hexdigest()[:16]
+    return hashlib.sha256(first.encode()).hexdigest()[:16]
 
 
 class Sessions:
