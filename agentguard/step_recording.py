@@ -45,12 +45,11 @@ class StepRecording:
         client went away (`cancelled`) or the stream broke after its first content (`failed`)."""
         fields: dict[str, Any] = {}
         if final is not None:
-            fields.update(
-                response=final.response_json,
-                input_tokens=final.input_tokens,
-                output_tokens=final.output_tokens,
-                stop_reason=final.stop_reason,
-            )
+            tokens = {"input_tokens": final.input_tokens, "output_tokens": final.output_tokens}
+            fields.update(tokens, response=final.response_json, stop_reason=final.stop_reason)
+            served = [a for a in self.store.attempts(step_id) if a["outcome"] == "ok"]
+            if served:  # cost is counted from the attempt that served
+                self.store.update_attempt(served[-1]["id"], tokens)
         if status != "ok":
             fields.update(status=status, error=reason)
             self.event(step_id, f"stream_{status}", reason=reason)

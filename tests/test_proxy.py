@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,6 +136,8 @@ def test_a_stream_passes_through_and_its_final_message_is_recorded(proxy, fake, 
     assert "cache_read_input_tokens" in recorded["usage"]
     assert (second["stop_reason"], second["output_tokens"]) == ("end_turn", 2)
     assert second["input_tokens"] == final.usage.input_tokens
+    served = attempts(home)[-1]  # what cost figures count
+    assert (served["input_tokens"], served["output_tokens"]) == (final.usage.input_tokens, 2)
 
 
 def test_count_tokens_and_models_are_forwarded_untouched(start, home) -> None:
@@ -354,3 +357,26 @@ def test_a_client_that_goes_away_mid_stream_leaves_a_cancelled_step(proxy, fake,
     assert "went away" in step["error"]
     fake.release_stalls()
     assert until(lambda: fake.requests and len(fake.requests) == 1)
+
+
+def test_a_client_that_goes_away_while_the_proxy_retries_cancels_the_attempt(
+    proxy, fake, home
+) -> None:
+    fake.script(overloaded(), stall(after_events=1))  # the retry stalls before any content
+    body = json.dumps({**ask(), "stream": True}).encode()
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"x-api-key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as client:
+        client.sendall(head + body)
+        until(lambda: len(fake.requests) == 2)  # the retry is on the wire, held back
+    # the client hung up before seeing a byte: the attempt in flight and the step are cancelled
+
+    def cancelled() -> list[dict[str, Any]]:
+        return [a for a in attempts(home) if a["outcome"] == "cancelled"]
+
+    [attempt] = until(cancelled)
+    assert attempt["number"] == 2
+    assert until(lambda: steps(home)[0]["status"] == "cancelled")
+    fake.release_stalls()

@@ -232,8 +232,8 @@ class ProxyServer:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            await stream.aclose()
             guard.complete_stream(step_info.step_id, _final(stream), status=status, reason=reason)
+            await stream.aclose()
         return response
 
 

@@ -8,6 +8,7 @@ provider's shape). What the stream added up to is assembled on the side for the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,8 +67,15 @@ class LiveStream:
         return self.assembler.final()
 
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._response.aclose()
+        await close_quietly(self._response)
+
+
+async def close_quietly(response: httpx2.Response) -> None:
+    """Close an upstream response even while our own task is being cancelled (the client went
+    away): the close runs shielded, so the connection is released either way."""
+    closing = asyncio.ensure_future(response.aclose())
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.shield(closing)
 
 
 def _error_text(data: Any) -> str | None:

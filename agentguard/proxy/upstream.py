@@ -18,7 +18,7 @@ import httpx2
 
 from agentguard.classify import UpstreamError
 from agentguard.proxy import credentials, sse
-from agentguard.proxy.stream import LiveStream
+from agentguard.proxy.stream import LiveStream, close_quietly
 from agentguard.routes import Route
 from agentguard.step_types import Served
 
@@ -149,7 +149,7 @@ class Upstream:
                 return served_whole(route, response, await response.aread())
             return await open_stream(route, response)
         except BaseException:
-            await response.aclose()
+            await close_quietly(response)
             raise
 
 
