@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+import httpx2
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -118,6 +119,13 @@ class ProxyServer:
                 "request_too_large",
                 f"Request exceeds the maximum allowed number of bytes ({MAX_BODY}); "
                 "agentguard refused it without sending it.",
+            )
+        except httpx2.TransportError as exc:  # an endpoint forwarded as is, upstream unreachable
+            return _error(
+                _MODEL_CALLS.get(path, "anthropic"),
+                502,
+                "api_error",
+                f"agentguard proxy: the provider could not be reached ({type(exc).__name__})",
             )
         except Exception:
             log.exception("agentguard proxy: %s %s failed", method, path)
