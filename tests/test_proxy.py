@@ -380,3 +380,28 @@ def test_a_client_that_goes_away_while_the_proxy_retries_cancels_the_attempt(
     assert attempt["number"] == 2
     assert until(lambda: steps(home)[0]["status"] == "cancelled")
     fake.release_stalls()
+
+
+def test_a_tool_use_round_trip_with_the_anthropic_sdk(proxy, fake, home) -> None:
+    call = ToolCall("read_file", {"path": "app.py"}, id="toolu_01")
+    fake.script(ok(Turn(text="", tool_calls=[call])), ok(Turn(text="it subtracts")))
+    tools = [{"name": "read_file", "description": "read", "input_schema": {"type": "object"}}]
+    client = claude(proxy)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "what does app.py do?"}]
+    with client.messages.stream(model=OPUS, max_tokens=64, messages=messages, tools=tools) as s:
+        first = s.get_final_message()
+    [use] = [b for b in first.content if b.type == "tool_use"]
+    assert (use.name, use.input) == ("read_file", {"path": "app.py"})
+    messages += [
+        {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "x"}],
+        },
+    ]
+    second = client.messages.create(model=OPUS, max_tokens=64, messages=messages, tools=tools)
+    assert second.content[0].text == "it subtracts"
+    assert fake.requests[1].body["messages"][2]["content"][0]["tool_use_id"] == "toolu_01"
+    one, two = steps(home)
+    assert one["run_id"] == two["run_id"] and two["parent_id"] == one["id"]
+    assert (one["stop_reason"], two["base_len"]) == ("tool_use", 1)

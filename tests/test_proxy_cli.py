@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import anthropic
+
 from agentguard.cli import main
+from agentguard.store import Store
 from agentguard.testing import FakeProvider, Turn, ok
 from tests.conftest import API_KEY
 from tests.test_secrets import assert_stored_nowhere
@@ -72,3 +76,34 @@ def test_run_passes_the_proxy_to_the_child_and_its_exit_code_back(
 def test_run_without_a_command_is_refused(project: Path, capsys) -> None:
     assert main(["run", "--project", str(project)]) == 2
     assert "agentguard run -- claude" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_proxy_cleanly_and_closes_its_runs(
+    fake: FakeProvider, project: Path, home: Path
+) -> None:
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agentguard.cli", "proxy", "--listen", "127.0.0.1:0"),
+            *("--project", str(project), "--upstream", fake.base_url),
+        ],
+        env={"PATH": "/usr/bin:/bin", "AGENTGUARD_HOME": str(home), "COLUMNS": "300"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        banner = server.stderr.readline()
+        url = banner.split(" on ", 1)[1].split(" ", 1)[0]
+        client = anthropic.Anthropic(base_url=url, api_key=API_KEY)
+        message = client.messages.create(
+            model="claude-opus-4-7", max_tokens=9, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert message.content[0].text == "ok"
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+        assert server.stderr.read() == ""
+    finally:
+        if server.poll() is None:
+            server.kill()
+    store = Store.open(home)
+    assert [r["status"] for r in store.query("select status from runs")] == ["completed"]
