@@ -107,3 +107,13 @@ def test_ctrl_c_stops_the_proxy_cleanly_and_closes_its_runs(
             server.kill()
     store = Store.open(home)
     assert [r["status"] for r in store.query("select status from runs")] == ["completed"]
+
+
+def test_a_bad_policy_or_chain_is_refused_before_listening(project: Path, capsys) -> None:
+    assert (
+        main(["proxy", "--listen", "127.0.0.1:0", "--project", str(project), "--policy", "x"]) == 2
+    )
+    assert capsys.readouterr().err.startswith("agentguard: ")
+    code = main(["proxy", "--listen", "127.0.0.1:0", "--project", str(project), "--chain", "nope"])
+    assert code == 2
+    assert "provider:model" in capsys.readouterr().err

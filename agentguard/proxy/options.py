@@ -19,7 +19,7 @@ from typing import Any
 from agentguard.clock import Clock
 from agentguard.config import load_config
 from agentguard.guard import project_folder
-from agentguard.policy import Policy
+from agentguard.policy import Policy, resolve_policy
 from agentguard.routes import KNOWN_PROVIDERS, Route, check_keys, parse_chain
 from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES
 
@@ -69,6 +69,8 @@ class ProxyOptions:
         routes = parse_chain(chain if chain is not None else settings.chain, settings.providers)
         routes = [own_route(route, upstreams) for route in routes]
         check_keys(routes)
+        policy = policy if policy is not None else settings.policy
+        resolve_policy(policy)  # a bad preset or field is refused now, not at the first request
         keys = set(accepted_keys)
         for name in accept_key_envs:
             value = os.environ.get(name)
@@ -84,7 +86,7 @@ class ProxyOptions:
             project=folder,
             upstreams=upstreams,
             chain=routes,
-            policy=policy if policy is not None else settings.policy,
+            policy=policy,
             home=home,
             accepted_keys=frozenset(keys),
             snapshots=next(v for v in (snapshots, settings.snapshots, True) if v is not None),
