@@ -437,8 +437,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             checkpoint=state.checkpoint,
         )
         now = self.clock.now()
-        self.store.update_step(
-            state.step_id,
+        step_row = dict(
             status="ok",
             served_provider=info.served_provider,
             served_model=info.served_model,
@@ -452,16 +451,16 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             stop_reason=served.stop_reason,
             response=served.response_json,
         )
-        state.ended = True
-        self._last_status = "running"
-        self.store.update_run(
-            self.run_id,
+        run_row = dict(
             status="running",
             updated_at=now,
             primary_provider=requested.provider,
             primary_model=requested.model,
             next_attempt_at=None,
         )
+        self.store.finish_step(state.step_id, step_row, self.run_id, run_row)
+        state.ended = True
+        self._last_status = "running"
         if served.notes:
             self.event(state.step_id, "translation_dropped", route=route.key, dropped=served.notes)
         attach(served.value, info)

@@ -104,11 +104,11 @@ class Store:
 
     def insert_run(self, row: dict[str, Any]) -> None:
         with self.write() as db:
-            db["runs"].insert(row)
+            _insert(db.conn, "runs", row)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         with self.write() as db:
-            db["runs"].update(run_id, fields)
+            _update(db.conn, "runs", "id", run_id, fields)
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         rows = self.query("select * from runs where id = ?", [run_id])
@@ -158,7 +158,23 @@ class Store:
 
     def update_step(self, step_id: int, **fields: Any) -> None:
         with self.write() as db:
-            db["steps"].update(step_id, fields)
+            _update(db.conn, "steps", "id", step_id, fields)
+
+    def finish_step(
+        self,
+        step_id: int,
+        step: dict[str, Any],
+        run_id: str,
+        run: dict[str, Any],
+        attempt: tuple[int, dict[str, Any]] | None = None,
+    ) -> None:
+        """A step's end in one transaction: its row, its run's row and (optionally) the
+        outcome of its last attempt — one commit where three would cost three."""
+        with self.write() as db:
+            if attempt is not None:
+                _update(db.conn, "attempts", "id", attempt[0], attempt[1])
+            _update(db.conn, "steps", "id", step_id, step)
+            _update(db.conn, "runs", "id", run_id, run)
 
     def get_step(self, step_id: int) -> dict[str, Any] | None:
         rows = self.query("select * from steps where id = ?", [step_id])
@@ -200,11 +216,11 @@ class Store:
 
     def insert_attempt(self, row: dict[str, Any]) -> int:
         with self.write() as db:
-            return int(db["attempts"].insert(row).last_pk)
+            return _insert(db.conn, "attempts", row)
 
     def update_attempt(self, attempt_id: int, fields: dict[str, Any]) -> None:
         with self.write() as db:
-            db["attempts"].update(attempt_id, fields)
+            _update(db.conn, "attempts", "id", attempt_id, fields)
 
     def attempts(self, step_id: int) -> list[dict[str, Any]]:
         return self.query("select * from attempts where step_id = ? order by number", [step_id])
@@ -212,23 +228,56 @@ class Store:
     def insert_event(
         self, run_id: str, kind: str, detail: dict[str, Any], *, at: float, step_id: int | None
     ) -> None:
+        row = {"run_id": run_id, "step_id": step_id, "at": at, "kind": kind}
         with self.write() as db:
-            db["events"].insert(
-                {
-                    "run_id": run_id,
-                    "step_id": step_id,
-                    "at": at,
-                    "kind": kind,
-                    "detail": dumps(detail),
-                }
-            )
+            _insert(db.conn, "events", {**row, "detail": dumps(detail)})
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         return self.query("select * from events where run_id = ? order by id", [run_id])
 
     def insert_snapshot(self, row: dict[str, Any]) -> None:
         with self.write() as db:
-            db["snapshots"].insert(row, replace=True)
+            _insert(db.conn, "snapshots", row, replace=True)
+
+    def update_snapshot(self, commit: str, fields: dict[str, Any]) -> None:
+        with self.write() as db:
+            _update(db.conn, "snapshots", "commit_sha", commit, fields)
+
+
+# Plain SQL for the rows every step writes: sqlite-utils' insert/update look the table up
+# (PRAGMA table_info, a SELECT of the row) on every call, which doubled a step's write time.
+# Table and column names come from agentguard's own code, never from input.
+
+
+def _insert(
+    conn: sqlite3.Connection, table: str, row: dict[str, Any], *, replace: bool = False
+) -> int:
+    names = ", ".join(f'"{name}"' for name in row)
+    verb = "insert or replace" if replace else "insert"
+    cursor = conn.execute(
+        f'{verb} into "{table}" ({names}) values ({", ".join("?" * len(row))})',
+        [_value(v) for v in row.values()],
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def _update(
+    conn: sqlite3.Connection, table: str, key: str, value: Any, fields: dict[str, Any]
+) -> None:
+    if not fields:
+        return
+    assignments = ", ".join(f'"{name}" = ?' for name in fields)
+    conn.execute(
+        f'update "{table}" set {assignments} where "{key}" = ?',
+        [*(_value(v) for v in fields.values()), value],
+    )
+
+
+def _value(value: Any) -> Any:
+    """A value as sqlite-utils stored it: lists and dicts as JSON text."""
+    if isinstance(value, dict | list | tuple):
+        return dumps(value)
+    return value
 
 
 def pack(text: str) -> str | bytes:

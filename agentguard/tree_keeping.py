@@ -47,7 +47,8 @@ class TreeKeeping:
         assert self.shadow is not None
         snap = self.shadow.snapshot(message, ref=ref)
         kept = {f.name: getattr(snap, f.name) for f in fields(Snapshot)}
-        return Checkpoint(**kept, git=read_state(self.project))
+        git = read_state(self.project, snapshot_tree=snap.tree, complete=not snap.skipped)
+        return Checkpoint(**kept, git=git)
 
     def _join_snapshot(self, state: StepState) -> Generator[PlanAction, Any, None]:
         if state.snapshot is None:

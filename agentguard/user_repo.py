@@ -80,9 +80,19 @@ def recorded(store: Store, commit: str | None) -> GitState | None:
     return from_row(rows[0] if rows else None)
 
 
-def read_state(project: str | os.PathLike[str]) -> GitState | None:
+def read_state(
+    project: str | os.PathLike[str], *, snapshot_tree: str | None = None, complete: bool = True
+) -> GitState | None:
     """The repository holding `project` now; None when it is not in one, git or GitPython is
-    missing, or git fails (recording the state must never fail a step)."""
+    missing, or git fails (recording the state must never fail a step).
+
+    With `snapshot_tree` (the tree a shadow snapshot of the folder just wrote), "dirty" costs
+    no `git status`: git names trees by content, so the folder is clean exactly when that tree
+    is HEAD's tree of the folder. Only when they differ and the snapshot left files out
+    (`complete=False`: a secret or large file, which HEAD may track) is `git status` asked.
+    A checkpoint's state is read this way on the snapshot thread, so the step waits for
+    nothing more than the snapshot; a `git status` of 50,000 files costs as much as the
+    snapshot itself."""
     try:
         from git import Repo
         from git.exc import InvalidGitRepositoryError, NoSuchPathError
@@ -105,14 +115,34 @@ def read_state(project: str | os.PathLike[str]) -> GitState | None:
             detached = repo.head.is_detached
             branch = None if detached else repo.head.reference.name
             head = repo.head.commit.hexsha if repo.head.is_valid() else None
+            inside = folder.resolve().relative_to(Path(repo.working_tree_dir).resolve())
+            if snapshot_tree is not None:
+                same = _head_tree(repo, inside) == snapshot_tree
+                if same or complete:
+                    return GitState(branch=branch, head=head, dirty=not same)
             # One `git status` of the project folder (is_dirty would run three git commands and
             # list every untracked file); untracked files count, ignored ones do not.
-            inside = folder.resolve().relative_to(Path(repo.working_tree_dir).resolve())
             status = repo.git.status("--porcelain", "--no-renames", "--", inside.as_posix())
             return GitState(branch=branch, head=head, dirty=bool(status.strip()))
     except Exception as exc:  # git failed or the repository is odd: record nothing
         log.debug("agentguard: could not read the git state of %s: %s", folder, exc)
         return None
+
+
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's name for a tree with nothing in it
+
+
+def _head_tree(repo: Any, inside: Path) -> str:
+    """The tree HEAD holds for the folder `inside` the repository (the empty tree if none)."""
+    if not repo.head.is_valid():
+        return EMPTY_TREE
+    tree = repo.head.commit.tree
+    if inside.parts:
+        try:
+            tree = tree / inside.as_posix()
+        except KeyError:  # the folder is not in HEAD at all
+            return EMPTY_TREE
+    return str(tree.hexsha)
 
 
 def moved(then: GitState | None, now: GitState | None) -> bool:
