@@ -117,3 +117,108 @@ def test_a_bad_policy_or_chain_is_refused_before_listening(project: Path, capsys
     code = main(["proxy", "--listen", "127.0.0.1:0", "--project", str(project), "--chain", "nope"])
     assert code == 2
     assert "provider:model" in capsys.readouterr().err
+
+
+# -- `agentguard run -- claude` turns on agentguard's status line ------------------------------
+
+
+def fake_claude(folder: Path) -> Path:
+    """An executable named `claude` that prints the arguments it was given, as JSON."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "claude"
+    script.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    script.chmod(0o755)
+    return script
+
+
+def run_child(
+    project: Path, home: Path, user_home: Path, *command: str, fake: FakeProvider
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AGENTGUARD_HOME": str(home),
+        "HOME": str(user_home),
+        "COLUMNS": "300",
+    }
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "agentguard.cli", "run", "--project", str(project)),
+            *("--upstream", fake.base_url, "--", *command),
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_run_claude_gets_agentguards_status_line_with_settings(
+    fake: FakeProvider, project: Path, home: Path, tmp_path: Path
+) -> None:
+    claude = fake_claude(tmp_path / "bin")
+    done = run_child(project, home, tmp_path / "user", str(claude), "-p", "hi", fake=fake)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    argv = json.loads(done.stdout)
+    assert argv[0] == "--settings" and argv[2:] == ["-p", "hi"]  # before any `--` of the user's
+    line = json.loads(argv[1])["statusLine"]
+    assert (line["type"], line["refreshInterval"]) == ("command", 2)
+    assert line["command"].startswith(f"{sys.executable} -m agentguard.commands.statusline --home")
+    # The command works as Claude Code runs it: through a shell, the session JSON on stdin.
+    shown = subprocess.run(
+        line["command"],
+        shell=True,
+        input=json.dumps({"session_id": "nothing-yet", "workspace": {"current_dir": "/none"}}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (shown.returncode, shown.stdout) == (0, "agentguard\n")
+    assert not fake.requests
+
+
+def test_run_claude_leaves_a_status_line_of_the_users_own_and_says_what_to_add(
+    fake: FakeProvider, project: Path, home: Path, tmp_path: Path
+) -> None:
+    claude = fake_claude(tmp_path / "bin")
+    user = tmp_path / "user"
+    (user / ".claude").mkdir(parents=True)
+    mine = {"statusLine": {"type": "command", "command": "my-line"}}
+    (user / ".claude" / "settings.json").write_text(json.dumps(mine))
+    done = run_child(project, home, user, str(claude), "-p", "hi", fake=fake)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["-p", "hi"]
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith(
+        f"agentguard: {user / '.claude' / 'settings.json'} has a statusLine of its own; "
+        'to see agentguard\'s, set it to {"type": "command", "command": '
+    )
+    assert "agentguard.commands.statusline" in done.stderr
+
+
+def test_a_projects_own_status_line_or_a_settings_argument_is_left_alone(
+    project: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from agentguard.commands.common import Context
+    from agentguard.commands.run import with_statusline
+
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)
+    monkeypatch.chdir(project)
+    ctx = Context(home=str(tmp_path / "ag"))
+    assert with_statusline(ctx, ["python", "x.py"], project) == ["python", "x.py"]
+    assert with_statusline(ctx, ["claude", "--settings", "s.json"], project) == [
+        "claude",
+        "--settings",
+        "s.json",
+    ]
+    assert "you pass --settings" in capsys.readouterr().err
+    turned_on = with_statusline(ctx, ["/opt/bin/claude"], project)
+    assert turned_on[:2] == ["/opt/bin/claude", "--settings"]
+    (project / ".claude").mkdir()
+    (project / ".claude" / "settings.local.json").write_text('{"statusLine": {"type": "x"}}')
+    assert with_statusline(ctx, ["claude"], project) == ["claude"]
+    assert "settings.local.json has a statusLine of its own" in capsys.readouterr().err
+    (project / ".claude" / "settings.local.json").write_text("{broken")  # Claude Code's to report
+    assert with_statusline(ctx, ["claude"], project)[1] == "--settings"

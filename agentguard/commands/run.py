@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import signal
 import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 from agentguard.commands.common import Context, Refused
 from agentguard.commands.proxy import add_shared, options_from
@@ -17,8 +22,10 @@ examples:
   agentguard run -- claude
   agentguard run --chain anthropic:claude-opus-4-7 anthropic:claude-sonnet-4-6 -- claude -p "fix it"
 The child gets ANTHROPIC_BASE_URL and OPENAI_BASE_URL pointing at the proxy; its exit code is
-agentguard's. The keys in ANTHROPIC_API_KEY / OPENAI_API_KEY are the credentials the proxy
-accepts for fallback routes keyed from this environment.
+agentguard's. For `claude`, agentguard's status line is turned on with Claude Code's --settings
+unless your Claude Code settings have a statusLine of their own. The keys in ANTHROPIC_API_KEY /
+OPENAI_API_KEY are the credentials the proxy accepts for fallback routes keyed from this
+environment.
 """
 
 _CHILD_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
@@ -45,6 +52,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         raise Refused(
             f"Cannot start the proxy on a loopback port ({exc.strerror or exc})."
         ) from None
+    command = with_statusline(ctx, command, options.project)
     env = {
         **os.environ,
         "ANTHROPIC_BASE_URL": proxy.url,
@@ -66,3 +74,50 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if code < 0:  # killed by a signal: the shell's convention
         return 128 - code if -code in signal.valid_signals() else 1
     return code
+
+
+def statusline_command(home: str | None) -> str:
+    """The shell command Claude Code runs for agentguard's status line: the fast entry point
+    (no CLI imports) of this very Python, reading this run's store."""
+    from agentguard.home import home_dir
+
+    argv = [sys.executable, "-m", "agentguard.commands.statusline"]
+    argv += ["--home", str(home_dir(home).resolve())]
+    return shlex.join(argv)
+
+
+def own_statusline(project: Path, cwd: Path | None = None) -> Path | None:
+    """The first Claude Code settings file with a statusLine of its own (user, then project,
+    for the project folder and the folder claude starts in), None when there is none."""
+    config = os.environ.get("CLAUDE_CONFIG_DIR")
+    files = [(Path(config) if config else Path.home() / ".claude") / "settings.json"]
+    for folder in dict.fromkeys((project, cwd or Path.cwd())):
+        files += [folder / ".claude" / "settings.json", folder / ".claude" / "settings.local.json"]
+    for file in files:
+        try:
+            settings: Any = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # absent or unreadable: Claude Code says so itself
+            continue
+        if isinstance(settings, dict) and settings.get("statusLine"):
+            return file
+    return None
+
+
+def with_statusline(ctx: Context, command: list[str], project: Path) -> list[str]:
+    """`claude …` with `--settings` turning on agentguard's status line, unless the person has
+    one of their own (or passes --settings): then one line saying what to add instead."""
+    if Path(command[0]).name != "claude":
+        return command
+    line = {"type": "command", "command": statusline_command(ctx.home), "refreshInterval": 2}
+    mine = own_statusline(project)
+    given = any(arg == "--settings" or arg.startswith("--settings=") for arg in command[1:])
+    if mine is None and not given:
+        # right after the program: an argument after a `--` of the user's would be a prompt
+        return [command[0], "--settings", json.dumps({"statusLine": line}), *command[1:]]
+    where = f"{mine} has a statusLine of its own" if mine else "you pass --settings"
+    ctx.err.print(
+        f"agentguard: {where}; to see agentguard's, set it to {json.dumps(line)}",
+        soft_wrap=True,
+        markup=False,
+    )
+    return command
