@@ -13,7 +13,7 @@ import anthropic
 
 from agentguard.cli import main
 from agentguard.store import Store
-from agentguard.testing import FakeProvider, Turn, ok
+from agentguard.testing import FakeProvider, Turn, ok, overloaded
 from tests.conftest import API_KEY
 from tests.test_secrets import assert_stored_nowhere
 
@@ -222,3 +222,38 @@ def test_a_projects_own_status_line_or_a_settings_argument_is_left_alone(
     assert "settings.local.json has a statusLine of its own" in capsys.readouterr().err
     (project / ".claude" / "settings.local.json").write_text("{broken")  # Claude Code's to report
     assert with_statusline(ctx, ["claude"], project)[1] == "--settings"
+
+
+def test_run_keeps_agentguards_messages_off_the_childs_terminal(
+    fake: FakeProvider, project: Path, home: Path
+) -> None:
+    """The child owns the terminal (Claude Code draws its UI there): a retry's warning goes
+    to the log file, never to stderr."""
+    (project / "agentguard.toml").write_text(
+        'policy = { preset = "coding_agent", base_delay = 0.001, max_delay = 0.005 }\n'
+    )
+    fake.script(overloaded(), ok(Turn(text="after a retry")))
+    child = (
+        "import anthropic\n"
+        "c = anthropic.Anthropic(max_retries=0)\n"
+        "m = c.messages.create(model='claude-opus-4-7', max_tokens=9,"
+        " messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "print(m.content[0].text)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "AGENTGUARD_HOME": str(home), "ANTHROPIC_API_KEY": API_KEY}
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "agentguard.cli", "run", "--project", str(project)),
+            *("--upstream", fake.base_url, "--", sys.executable, "-c", child),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "after a retry\n"
+    assert "agentguard" not in done.stderr and "529" not in done.stderr
+    log = (home / "logs" / "run.log").read_text()
+    assert "attempt 1" in log and "529 overloaded_error" in log
+    assert API_KEY not in log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import signal
@@ -53,6 +54,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             f"Cannot start the proxy on a loopback port ({exc.strerror or exc})."
         ) from None
     command = with_statusline(ctx, command, options.project)
+    log_file = quiet_logs(ctx.home)
     env = {
         **os.environ,
         "ANTHROPIC_BASE_URL": proxy.url,
@@ -71,9 +73,27 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                 continue
     finally:
         proxy.stop()
+        logging.getLogger("agentguard").removeHandler(log_file)
+        log_file.close()
     if code < 0:  # killed by a signal: the shell's convention
         return 128 - code if -code in signal.valid_signals() else 1
     return code
+
+
+def quiet_logs(home: str | os.PathLike[str] | None) -> logging.Handler:
+    """The child owns the terminal (Claude Code draws a full-screen UI there): agentguard's
+    own retry and fallback messages go to $AGENTGUARD_HOME/logs/run.log instead of stderr.
+    Everything they say is in the store too (`agentguard show`, `watch`, the status line)."""
+    from agentguard.home import ensure_home, home_dir
+
+    folder = ensure_home(home_dir(home)) / "logs"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    handler = logging.FileHandler(folder / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("agentguard")
+    logger.addHandler(handler)
+    logger.propagate = False
+    return handler
 
 
 def statusline_command(home: str | None) -> str:
