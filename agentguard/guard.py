@@ -20,6 +20,7 @@ import socket
 import uuid
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,13 @@ from agentguard.tree_keeping import TreeKeeping
 log = logging.getLogger("agentguard")
 _PROBE_FAILED = "probe failed"
 _BREAKER_OPENED = "breaker opened"
+
+
+@dataclass(frozen=True)
+class Hold(Sleep):
+    """A Sleep of a held step: its retries are spent and it waits for a route to come back
+    (see `Guard.step`'s `hold`). Driven like any Sleep; a driver may watch for it (the proxy
+    starts keeping a streaming client alive)."""
 
 
 class Guard(RunLifecycle, TreeKeeping, StepRecording):
@@ -96,6 +104,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         )
         self._head = Head()
         self._last_status = "running"
+        self._held: set[int] = set()  # steps waiting in hold mode (the run shows `waiting`)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentguard-git")
         now = self.clock.now()
         alive = {
@@ -143,18 +152,31 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
 
     # -- the step --------------------------------------------------------------------------------
 
-    def step(self, request: StepRequest) -> StepPlan:
-        """The guarded step as a plan of actions; run it with `plan.drive` / `plan.adrive`."""
+    def step(self, request: StepRequest, *, hold: float = 0.0) -> StepPlan:
+        """The guarded step as a plan of actions; run it with `plan.drive` / `plan.adrive`.
+
+        `hold` (seconds from the step's start; 0: off) is hold mode: when the step would give
+        up because its routes are down (their breakers open) — or, under `forbid`, because its
+        route's retries ran out on an overload, server, network or rate-limit error — it waits
+        instead (`Hold` actions) for the breaker's next probe, or one breaker cooldown, and tries
+        again, until `hold` seconds after it started. While it waits the run is `waiting` with
+        `next_attempt_at` and a `step_held` event says why; every try is one attempt of the
+        same step, and a down route gets one probe per cooldown, shared with every agent."""
         state = self._checkpoint(request)
         try:
-            served, route, failed = yield from self._serve(state, self.routes_for(request.route))
+            served, route, failed = yield from self._serve(
+                state, self.routes_for(request.route), hold
+            )
         except Exception as exc:
+            self._held.discard(state.step_id)
             self._fail_step(state, exc)
             yield from self._join_snapshot(state)
             raise
         except BaseException as exc:  # cancelled or interrupted: record it, never yield again
             self._cancel_step(state, exc)
+            self._release_hold(state)
             raise
+        self._held.discard(state.step_id)
         try:
             yield from self._join_snapshot(state)
         except BaseException:  # cancelled after the answer came: keep the paid-for response
@@ -194,17 +216,22 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         return state
 
     def _serve(
-        self, state: StepState, routes: Sequence[Route]
+        self, state: StepState, routes: Sequence[Route], hold: float = 0.0
     ) -> Generator[PlanAction, Any, tuple[Served, Route, list[RouteFailure]]]:
         """Walk the routes in order until one serves; while routes only wait for their breaker's
-        next probe and the deadline allows, wait for it and try again."""
+        next probe and the deadline allows, wait for it and try again (in hold mode, past the
+        step deadline up to the hold's)."""
         failed: list[RouteFailure] = []
         quota_spent: set[tuple[str, str | None, str | None]] = set()
         first_tried: Route | None = None
         candidates = list(routes)
         deadline_hit = False
+        held = False
         while True:
             cooling: list[Route] = []  # held back only by their breaker
+            transient: list[RouteFailure] = []  # retries spent on a passing error (hold mode)
+            if held:
+                quota_spent.clear()  # a new round after a wait: each route may be tried again
             for route in candidates:
                 if route.account in quota_spent:
                     self._skip(state, failed, route, "shares the rate-limited quota")
@@ -225,18 +252,30 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
                 failed.append(failure)
                 if failure.failure is not None and failure.failure.kind is Kind.RATE_LIMITED:
                     quota_spent.add(route.account)
-                if failure.cooling:
-                    cooling.append(route)
+                if failure.cooling or (hold and self.breaker.next_probe_at(route.key)):
+                    cooling.append(route)  # held: a route down is waited for, whatever ended it
+                elif hold and self._waits_out(failure):
+                    transient.append(failure)
             wait = self._until_next_probe(cooling)
-            if wait is None:
-                break
-            if wait > state.time_left(self.policy, self.clock):
-                deadline_hit = True
-                break
-            yield Sleep(wait)
-            state.slept = wait
-            candidates = cooling
-        self._give_up(state, failed, deadline_hit)
+            if not held and wait is not None and wait <= state.time_left(self.policy, self.clock):
+                yield Sleep(wait)
+                state.slept = wait
+                candidates = cooling
+                continue
+            if hold and (transient or wait is not None):
+                wait = self._hold_wait(wait, transient)
+                if wait <= hold - (self.clock.monotonic() - state.started_mono):
+                    if not held:
+                        held = True
+                        self._begin_hold(state, failed, hold)
+                    self._holding(state, wait)
+                    yield Hold(wait)
+                    state.slept = wait
+                    candidates = [*cooling, *(f.route for f in transient)]
+                    continue
+            deadline_hit = wait is not None
+            break
+        self._give_up(state, failed, deadline_hit, held=held and deadline_hit)
         raise AssertionError("unreachable")  # _give_up always raises
 
     def _try_route(
@@ -405,6 +444,58 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         times = [t for r in routes if (t := self.breaker.next_probe_at(r.key)) is not None]
         return max(min(times) - self.clock.now(), 0.0) if times else None
 
+    # -- hold mode -------------------------------------------------------------------------------
+
+    def _waits_out(self, failure: RouteFailure) -> bool:
+        """Under `forbid` the step would be queued to try again later anyway: a route whose
+        retries ran out on a passing error is waited for too, not only one that is down."""
+        kind = failure.failure.kind if failure.failure is not None else None
+        return (
+            self.policy.substitution == "forbid"
+            and failure.action is Action.NEXT_ROUTE
+            and (kind in RETRYABLE or kind is Kind.RATE_LIMITED)
+        )
+
+    def _hold_wait(self, next_probe: float | None, transient: Sequence[RouteFailure]) -> float:
+        """Until the breaker's next probe of a down route, or one cooldown (at least the
+        server's retry-after) for a route whose retries ran out; the soonest of them."""
+        waits = [] if next_probe is None else [next_probe]
+        cooldown = self.breaker.settings.cooldown
+        for f in transient:
+            after = f.failure.retry_after if f.failure is not None else None
+            waits.append(max(cooldown, after or 0.0))
+        return min(waits)
+
+    def _begin_hold(self, state: StepState, failed: Sequence[RouteFailure], hold: float) -> None:
+        until = self.clock.now() + hold - (self.clock.monotonic() - state.started_mono)
+        why = summarize(failed, full=True)
+        self._held.add(state.step_id)
+        self.event(state.step_id, "step_held", reason=why, hold=hold, until=until)
+        log.info(
+            "agentguard: step %s is held until its route comes back (up to %s): %s",
+            state.number,
+            datetime.fromtimestamp(until, UTC).strftime("%H:%M:%S UTC"),
+            why,
+        )
+
+    def _holding(self, state: StepState, wait: float) -> None:
+        """The run shows the wait: `waiting`, and when the step tries again."""
+        now = self.clock.now()
+        self.store.update_run(
+            self.run_id, status="waiting", updated_at=now, next_attempt_at=now + wait
+        )
+
+    def _release_hold(self, state: StepState) -> None:
+        """A held step cancelled: the run is no longer waiting on it."""
+        if state.step_id not in self._held:
+            return
+        self._held.discard(state.step_id)
+        if not self._held:
+            now = self.clock.now()
+            self.store.update_run(
+                self.run_id, status="running", updated_at=now, next_attempt_at=None
+            )
+
     # -- the step's result -----------------------------------------------------------------------
 
     def _finish(
@@ -491,7 +582,14 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         )
         raise exc
 
-    def _give_up(self, state: StepState, failed: list[RouteFailure], deadline_hit: bool) -> None:
+    def _give_up(
+        self,
+        state: StepState,
+        failed: list[RouteFailure],
+        deadline_hit: bool,
+        *,
+        held: bool = False,
+    ) -> None:
         """No route served: say exactly why, queue the run if the policy forbids substitution."""
         where = f"run {self.run_id} step {state.number}"
         tried = len(state.attempts)
@@ -515,7 +613,9 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             )
             raise first.error
         why = summarize(failed, full=True) or "no route could be tried"
-        if deadline_hit:
+        if held:
+            why += "; the hold deadline passed while waiting for the route to come back"
+        elif deadline_hit:
             why += "; the step deadline passed while waiting for a probe"
         if self.policy.substitution == "forbid":
             when = datetime.fromtimestamp(self.clock.now() + self.policy.queue_delay, UTC)

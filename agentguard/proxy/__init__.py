@@ -9,6 +9,7 @@ the request and the answer pass through verbatim and streams pass through live.
     sessions     one run per client session; conversation lanes; a step driven on the loop
     upstream     one attempt: the request forwarded verbatim, the answer (or the error) back
     stream       a streamed answer, held back until its first content, then passed on live
+    hold         a request held through a storm; a streaming client kept alive with pings
     sse          splitting an SSE byte stream into events, and assembling the final message
     credentials  which credential a request presented, which routes it may use
     answers      error bodies in each provider's shape

@@ -26,6 +26,10 @@ from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES
 ANTHROPIC_URL = "https://api.anthropic.com"
 OPENAI_URL = "https://api.openai.com/v1"
 FRONTS = ("anthropic", "openai")
+PING_INTERVAL = 10.0  # seconds between keep-alive pings to a held streaming client
+# A request without a stream can be sent nothing before its answer: it is held at most this
+# long (from its arrival), well inside the SDKs' default 10-minute timeout (Claude Code's too).
+HOLD_NON_STREAMING = 300.0
 
 
 @dataclass
@@ -41,6 +45,9 @@ class ProxyOptions:
     secret_files: Sequence[str] | None = None
     clock: Clock | None = None
     rng: random.Random | None = None
+    hold: float | None = None  # seconds a request may be held; None: the policy's (hold_for)
+    hold_non_streaming: float = HOLD_NON_STREAMING
+    ping_interval: float = PING_INTERVAL
 
     @classmethod
     def build(
@@ -58,6 +65,9 @@ class ProxyOptions:
         snapshots: bool | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        hold: float | None = None,
+        hold_non_streaming: float = HOLD_NON_STREAMING,
+        ping_interval: float = PING_INTERVAL,
     ) -> ProxyOptions:
         """Validate everything before the proxy listens; a problem is one ConfigError."""
         folder = project_folder(project)
@@ -94,7 +104,18 @@ class ProxyOptions:
             secret_files=settings.secret_files,
             clock=clock,
             rng=rng,
+            hold=hold,
+            hold_non_streaming=hold_non_streaming,
+            ping_interval=ping_interval,
         )
+
+    def hold_for(self, policy: Policy, *, stream: bool) -> float:
+        """How long (seconds from its arrival) a request may be held while its routes are down:
+        the policy's queue deadline — its step deadline, then as long as a queued run waits
+        before its next try (`step_deadline + queue_delay`) — unless `hold` says otherwise;
+        a request without a stream at most `hold_non_streaming`."""
+        full = self.hold if self.hold is not None else policy.step_deadline + policy.queue_delay
+        return full if stream else min(full, self.hold_non_streaming)
 
     def primary(self, kind: str, model: str) -> Route:
         """The route a request asked for: its front's own provider, with its own credential."""

@@ -10,8 +10,10 @@
 A body that is not JSON is a 400 `invalid_request_error`; one over 32 MB a 413
 `request_too_large`, refused here and never sent. When the step has spent its retries and
 fallbacks, the client gets the provider's last status and body with `x-should-retry: false`,
-so its own retry loop does not multiply the load. Every answer of a step names the model that
-served it (`x-agentguard-served-model`) and its run and step.
+so its own retry loop does not multiply the load — unless its routes are down (or, under
+`forbid`, its retries are spent): then the request is held, a stream kept alive with pings,
+until a route answers or the hold's deadline passes (see `hold`). Every answer of a step
+names the model that served it (`x-agentguard-served-model`) and its run and step.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from agentguard.classify import UpstreamError
 from agentguard.errors import AgentGuardError, RetriesExhausted, RunQueued
 from agentguard.proxy import answers
 from agentguard.proxy.credentials import trusted, usable
+from agentguard.proxy.hold import KeepAlive
 from agentguard.proxy.options import ProxyOptions
 from agentguard.proxy.sessions import AGENT_HEADER, Sessions, conversation_key
 from agentguard.proxy.stream import LiveStream
@@ -177,13 +180,25 @@ class ProxyServer:
         agent = headers.get(AGENT_HEADER)
         lane = f"{agent or 'main'}:{conversation_key(data)}"
 
+        begun: list[int] = []
+
         def started(guard: Any, step_id: int) -> None:
+            begun.append(step_id)
             if agent:
                 guard.event(step_id, "agent", agent_id=agent)
 
-        step = StepRequest(
-            route=requested, messages=messages, params=data, stream=data.get("stream") is True
-        )
+        stream = data.get("stream") is True
+        step = StepRequest(route=requested, messages=messages, params=data, stream=stream)
+        guard = session.guard
+        keeper: KeepAlive | None = None
+        if stream:
+
+            def held_marks() -> list[tuple[str, str]]:
+                row = guard.store.get_step(begun[0]) if begun else None
+                number = str(row["number"]) if row else ""
+                return [("x-agentguard-run", guard.run_id), ("x-agentguard-step", number)]
+
+            keeper = KeepAlive(request, kind, guard.clock, self.options.ping_interval, held_marks)
         try:
             value = await self.sessions.step(
                 session,
@@ -192,28 +207,43 @@ class ProxyServer:
                 routes,
                 lambda call: upstream.attempt(call.route, requested, incoming),
                 started,
+                hold=self.options.hold_for(guard.policy, stream=stream),
+                keeper=keeper,
             )
-        except UpstreamError as exc:  # rejected (400/413), or every route unusable (401/403)
-            return _upstream_error(kind, exc, gave_up=False)
-        except (RetriesExhausted, RunQueued) as exc:
-            cause = exc.__cause__
-            if isinstance(cause, UpstreamError):
-                return _upstream_error(kind, cause, gave_up=True)
-            return _error(kind, 502, "api_error", str(exc), gave_up=True)
-        except AgentGuardError as exc:
-            return _error(kind, 500, "api_error", f"agentguard: {exc}", gave_up=True)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if keeper is not None and keeper.gone and not (task and task.cancelling()):
+                assert keeper.response is not None
+                return keeper.response  # the client left while held; nothing more to send
+            raise
+        except Exception as exc:
+            if keeper is None or not keeper.started:
+                return _step_failure(kind, exc)
+            try:  # the held stream has started: the error goes as an SSE error event
+                failure = _step_failure(kind, exc)
+            except Exception:
+                log.exception("agentguard proxy: a held request failed")
+                return await keeper.unexpected(
+                    "agentguard proxy: internal error (see the proxy's log)"
+                )
+            return await keeper.fail(bytes(failure.body or b""))
         step_info = info(value)
         marks = [
             ("x-agentguard-served-model", step_info.served_model),
             ("x-agentguard-run", step_info.run_id),
             ("x-agentguard-step", str(step_info.step)),
         ]
+        held = keeper.response if keeper is not None else None
         if isinstance(value, Answer):
+            if held is not None and keeper is not None:
+                return await keeper.unexpected(
+                    "agentguard proxy: the provider answered a streamed request without a stream"
+                )
             return web.Response(
                 status=value.status, headers=_headers([*value.headers, *marks]), body=value.body
             )
         assert isinstance(value, LiveStream)
-        return await self._pass_stream(request, value, marks, session.guard, step_info)
+        return await self._pass_stream(request, value, marks, guard, step_info, held)
 
     async def _pass_stream(
         self,
@@ -222,25 +252,39 @@ class ProxyServer:
         marks: list[tuple[str, str]],
         guard: Any,
         step_info: StepInfo,
+        held: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
-        """Write the stream to the client as it comes; record how it ended."""
-        response = web.StreamResponse(status=stream.status, headers=_headers(stream.headers))
-        for name, value in marks:
-            response.headers[name] = value
+        """Write the stream to the client as it comes; record how it ended. `held`: the
+        response already started (with pings) while the step was held."""
+        response = held or web.StreamResponse(
+            status=stream.status, headers=_headers(stream.headers)
+        )
+        if held is None:
+            for name, value in marks:
+                response.headers[name] = value
         status, reason = "ok", None
+        recorded = False
         try:
-            await response.prepare(request)
+            if held is None:
+                await response.prepare(request)
             async for chunk in stream:
                 await response.write(chunk)
-            await response.write_eof()
             if stream.error is not None:
                 status, reason = "failed", f"after its first content: {stream.error}"
+            # recorded before the stream's end reaches the client: a client that reads the
+            # store once its stream ends finds the step complete
+            recorded = True
+            guard.complete_stream(step_info.step_id, _final(stream), status=status, reason=reason)
+            await response.write_eof()
         except (asyncio.CancelledError, ConnectionError) as exc:
             status, reason = "cancelled", f"the client went away mid-stream ({type(exc).__name__})"
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            guard.complete_stream(step_info.step_id, _final(stream), status=status, reason=reason)
+            if not recorded:
+                guard.complete_stream(
+                    step_info.step_id, _final(stream), status=status, reason=reason
+                )
             await stream.aclose()
         return response
 
@@ -284,6 +328,21 @@ def _error(
         headers["x-should-retry"] = "false"
     body = answers.error_body(kind, status, error_type, message)
     return web.Response(status=status, headers=headers, body=body)
+
+
+def _step_failure(kind: str, exc: Exception) -> web.Response:
+    """The answer to a step that raised: the provider's own error when it had one (with
+    `x-should-retry: false` once the proxy's retries are spent); anything else is raised."""
+    if isinstance(exc, UpstreamError):  # rejected (400/413), or every route unusable (401/403)
+        return _upstream_error(kind, exc, gave_up=False)
+    if isinstance(exc, RetriesExhausted | RunQueued):
+        cause = exc.__cause__
+        if isinstance(cause, UpstreamError):
+            return _upstream_error(kind, cause, gave_up=True)
+        return _error(kind, 502, "api_error", str(exc), gave_up=True)
+    if isinstance(exc, AgentGuardError):
+        return _error(kind, 500, "api_error", f"agentguard: {exc}", gave_up=True)
+    raise exc
 
 
 def _upstream_error(kind: str, exc: UpstreamError, *, gave_up: bool) -> web.Response:

@@ -25,6 +25,7 @@ from typing import Any
 from agentguard.conversation import Head, message_sha
 from agentguard.guard import Guard
 from agentguard.plan import Call, StepPlan, adrive
+from agentguard.proxy.hold import KeepAlive
 from agentguard.proxy.options import ProxyOptions
 from agentguard.routes import Route
 from agentguard.step_types import Served, StepRequest
@@ -94,18 +95,25 @@ class Sessions:
         routes: list[Route],
         call: Callable[[Call], Awaitable[Served]],
         on_started: Callable[[Guard, int], None] | None = None,
+        *,
+        hold: float = 0.0,
+        keeper: KeepAlive | None = None,
     ) -> Any:
         """Run one guarded step in a conversation lane, on `routes` (the fallbacks this
-        request may use); returns what the step hands over (a served answer)."""
+        request may use); returns what the step hands over (a served answer). `hold`: the
+        step's hold mode (seconds); `keeper` keeps a streaming client alive while it is held."""
         guard = session.guard
         guard._head = session.lanes.get(lane, Head())
         guard.chain = routes
-        plan = guard.step(request)
+        plan = guard.step(request, hold=hold)
         first = next(plan)  # the checkpoint: the step's row, its new messages, the snapshot
         session.lanes[lane] = guard._head
         if on_started is not None and guard._head.step_id is not None:
             on_started(guard, guard._head.step_id)
-        return await adrive(_resumed(plan, first), call, guard.clock)
+        if keeper is None:
+            return await adrive(_resumed(plan, first), call, guard.clock)
+        resumed = _resumed(plan, first, keeper.saw)
+        return await adrive(resumed, keeper.call_for(call), keeper.clock_for(guard.clock))
 
     def close(self) -> None:
         for session in self._sessions.values():
@@ -113,11 +121,16 @@ class Sessions:
         self._sessions.clear()
 
 
-def _resumed(plan: StepPlan, first: Any) -> Generator[Any, Any, Any]:
-    """A plan already started (its first action taken), handed on as if new."""
+def _resumed(
+    plan: StepPlan, first: Any, seen: Callable[[Any], None] | None = None
+) -> Generator[Any, Any, Any]:
+    """A plan already started (its first action taken), handed on as if new; `seen` is shown
+    each action before it is done."""
     action = first
     while True:
         try:
+            if seen is not None:
+                seen(action)
             reply = yield action
         except GeneratorExit:
             plan.close()
