@@ -268,13 +268,21 @@ class ProxyServer:
             if held is None:
                 await response.prepare(request)
             async for chunk in stream:
+                if not recorded and stream.assembler.complete:
+                    # the end marker: recorded before it reaches the client, so a client that
+                    # reads the store once its stream ends finds the step complete
+                    recorded = True
+                    status, reason = _stream_end(stream)
+                    guard.complete_stream(
+                        step_info.step_id, _final(stream), status=status, reason=reason
+                    )
                 await response.write(chunk)
-            if stream.error is not None:
-                status, reason = "failed", f"after its first content: {stream.error}"
-            # recorded before the stream's end reaches the client: a client that reads the
-            # store once its stream ends finds the step complete
-            recorded = True
-            guard.complete_stream(step_info.step_id, _final(stream), status=status, reason=reason)
+            if not recorded:
+                recorded = True
+                status, reason = _stream_end(stream)
+                guard.complete_stream(
+                    step_info.step_id, _final(stream), status=status, reason=reason
+                )
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionError) as exc:
             status, reason = "cancelled", f"the client went away mid-stream ({type(exc).__name__})"
@@ -357,6 +365,12 @@ def _upstream_error(kind: str, exc: UpstreamError, *, gave_up: bool) -> web.Resp
     if gave_up:
         headers["x-should-retry"] = "false"
     return web.Response(status=status, headers=headers, body=exc.body)
+
+
+def _stream_end(stream: LiveStream) -> tuple[str, str | None]:
+    if stream.error is not None:
+        return "failed", f"after its first content: {stream.error}"
+    return "ok", None
 
 
 def _final(stream: LiveStream) -> Served | None:
