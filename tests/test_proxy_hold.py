@@ -29,6 +29,7 @@ from agentguard.proxy import ProxyOptions, ProxyThread
 from agentguard.store import Store
 from agentguard.testing import FakeProvider, Turn, ok, overloaded, stall
 from tests.conftest import API_KEY, ATTEMPTS, storm
+from tests.test_proxy import ask, until
 
 OPUS, SONNET = "claude-opus-4-7", "claude-sonnet-4-6"
 SESSION = "x-claude-code-session-id"
@@ -66,27 +67,12 @@ def claude(proxy: ProxyThread, **kw: Any) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, **kw)
 
 
-def ask(text: str = "hello") -> dict[str, Any]:
-    return {"model": OPUS, "max_tokens": 64, "messages": [{"role": "user", "content": text}]}
-
-
 def rows(home: Path, sql: str, *args: Any) -> list[dict[str, Any]]:
     store = Store.open(home)
     try:
         return store.query(sql, list(args))
     finally:
         store.close()
-
-
-def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def sse_frames(lines: Iterator[str]) -> Iterator[tuple[str | None, str]]:
