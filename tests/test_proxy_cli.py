@@ -257,3 +257,27 @@ def test_run_keeps_agentguards_messages_off_the_childs_terminal(
     log = (home / "logs" / "run.log").read_text()
     assert "attempt 1" in log and "529 overloaded_error" in log
     assert API_KEY not in log
+
+
+def test_hold_and_ping_interval_reach_the_proxy_options(project: Path) -> None:
+    from agentguard.cli import build_parser
+    from agentguard.commands.common import Context
+    from agentguard.commands.proxy import options_from
+
+    args = build_parser().parse_args(
+        ["proxy", "--project", str(project), "--hold", "0", "--ping-interval", "2.5"]
+    )
+    options = options_from(Context(home=None), args)
+    assert (options.hold, options.ping_interval) == (0.0, 2.5)
+    default = options_from(Context(home=None), build_parser().parse_args(["proxy"]))
+    assert default.hold is None
+
+
+def test_a_bad_hold_or_ping_interval_is_one_sentence(project: Path, capsys) -> None:
+    for flag, value in (("--hold", "-1"), ("--hold", "soon"), ("--ping-interval", "0")):
+        code = main(["proxy", "--project", str(project), flag, value, "--listen", "127.0.0.1:0"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert (
+            err.startswith(f"agentguard: {flag} takes a number of seconds") and err.count("\n") == 1
+        ), err

@@ -45,6 +45,17 @@ def add_shared(parser: argparse.ArgumentParser) -> None:
         "fallback routes keyed from this environment",
     )
     parser.add_argument("--no-snapshots", action="store_true", help="no working-tree checkpoints")
+    parser.add_argument(
+        "--hold",
+        metavar="SECONDS",
+        help="how long a request may be held while every route is down, streaming clients kept "
+        "alive with pings (default: the policy's step_deadline + queue_delay; 0: never hold)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        metavar="SECONDS",
+        help="seconds between the pings sent to a held streaming client (default 10)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +81,27 @@ def options_from(ctx: Context, args: argparse.Namespace, accepted: tuple[str, ..
         accept_key_envs=args.accept_key_env,
         accepted_keys=accepted,
         snapshots=False if args.no_snapshots else None,
+        **_hold_options(args),
     )
+
+
+def _hold_options(args: argparse.Namespace) -> dict[str, float]:
+    """--hold and --ping-interval as ProxyOptions fields; a bad value is one sentence."""
+    given: dict[str, float] = {}
+    for flag, field, value, least in (
+        ("--hold", "hold", args.hold, 0.0),
+        ("--ping-interval", "ping_interval", args.ping_interval, 0.1),
+    ):
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not least <= number < float("inf"):
+            raise Refused(f"{flag} takes a number of seconds of at least {least:g}, not {value!r}.")
+        given[field] = number
+    return given
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
