@@ -122,9 +122,30 @@ class ProxyOptions:
         return Route(provider=kind, model=model, kind=kind, base_url=self.upstreams[kind])  # type: ignore[arg-type]
 
     def chain_for(self, kind: str) -> list[Route]:
-        """The fallback routes a front may use: those speaking its wire format (translating
-        to the other provider's format is not built into the proxy yet)."""
-        return [route for route in self.chain if route.kind == kind]
+        """The fallback routes a front may use: those speaking its wire format and, for the
+        Anthropic front, OpenAI-format routes too (the request is translated, see
+        `translated`). Such a route is always keyed from the proxy's environment — `openai:…`
+        with $OPENAI_API_KEY, `deepseek:…` with $DEEPSEEK_API_KEY — and left out while that
+        variable is not set (the client's own Anthropic credential means nothing there)."""
+        routes = []
+        for route in self.chain:
+            if route.kind == kind:
+                routes.append(route)
+            elif kind == "anthropic" and route.kind == "openai":
+                crossing = env_keyed(route)
+                if crossing.api_key_env and os.environ.get(crossing.api_key_env):
+                    routes.append(crossing)
+        return routes
+
+
+def env_keyed(route: Route) -> Route:
+    """An OpenAI-format route as the Anthropic front uses it: `own_route` gave `openai:…` the
+    OpenAI front's credential rule (the client's own key); across fronts it takes its
+    provider's key variable again."""
+    if route.api_key_env is not None:
+        return route
+    spec = KNOWN_PROVIDERS.get(route.provider)
+    return route.model_copy(update={"api_key_env": spec.api_key_env if spec else None})
 
 
 def own_route(route: Route, upstreams: Mapping[str, str]) -> Route:

@@ -37,6 +37,7 @@ from agentguard.proxy.hold import KeepAlive
 from agentguard.proxy.options import ProxyOptions
 from agentguard.proxy.sessions import AGENT_HEADER, Sessions, conversation_key
 from agentguard.proxy.stream import LiveStream
+from agentguard.proxy.translated import CrossedError, Translated, anthropic_error
 from agentguard.proxy.upstream import (
     _NOT_RETURNED,
     Answer,
@@ -234,6 +235,8 @@ class ProxyServer:
             ("x-agentguard-step", str(step_info.step)),
         ]
         held = keeper.response if keeper is not None else None
+        if isinstance(value, Translated):
+            return await _send_translated(request, value, marks, stream, held)
         if isinstance(value, Answer):
             if held is not None and keeper is not None:
                 return await keeper.unexpected(
@@ -295,6 +298,35 @@ class ProxyServer:
                 )
             await stream.aclose()
         return response
+
+
+async def _send_translated(
+    request: web.Request,
+    value: Translated,
+    marks: list[tuple[str, str]],
+    stream: bool,
+    held: web.StreamResponse | None,
+) -> web.StreamResponse:
+    """Another provider's answer, translated: Anthropic SSE events for a streamed request
+    (into the held response when there is one), the message's JSON otherwise."""
+    ids = [("request-id", value.request_id)] if value.request_id else []
+    if not stream:
+        headers = _headers([("content-type", answers.JSON), *ids, *marks])
+        return web.Response(status=200, headers=headers, body=value.json_body())
+    response = held
+    if response is None:
+        response = web.StreamResponse(
+            status=200,
+            headers=_headers(
+                [("content-type", "text/event-stream"), ("cache-control", "no-cache"), *ids]
+            ),
+        )
+        for name, mark in marks:
+            response.headers[name] = mark
+        await response.prepare(request)
+    await response.write(value.sse_body())
+    await response.write_eof()
+    return response
 
 
 class _TooLarge(Exception):
@@ -362,9 +394,13 @@ def _upstream_error(kind: str, exc: UpstreamError, *, gave_up: bool) -> web.Resp
         error = (exc.json() or {}).get("error") or {}
         status = answers.STATUS_OF_TYPE.get(str(error.get("type")), 500)
         headers["content-type"] = answers.JSON
+    body = exc.body
+    if isinstance(exc, CrossedError) and kind == "anthropic":  # the other provider's error
+        body = anthropic_error(body) or body
+        headers = CIMultiDict({"content-type": answers.JSON})
     if gave_up:
         headers["x-should-retry"] = "false"
-    return web.Response(status=status, headers=headers, body=exc.body)
+    return web.Response(status=status, headers=headers, body=body)
 
 
 def _stream_end(stream: LiveStream) -> tuple[str, str | None]:

@@ -130,7 +130,12 @@ class Upstream:
         return Answer(response.status_code, returned_headers(response), response.content)
 
     async def attempt(self, route: Route, requested: Route, incoming: Incoming) -> Served:
-        """One attempt of a step on `route`: a Served answer, or the failure raised."""
+        """One attempt of a step on `route`: a Served answer, or the failure raised. A route
+        of the other wire format gets the request translated (see `translated`)."""
+        from agentguard.proxy import translated
+
+        if translated.crosses(route, incoming):
+            return await translated.attempt(self.client, route, incoming)
         headers = incoming.headers
         if credentials.needs_env_key(route):
             headers = credentials.with_env_key(headers, route)
