@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import signal
 import socket
 import uuid
 from collections.abc import Callable, Generator, Sequence
@@ -105,7 +106,9 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         self._head = Head()
         self._last_status = "running"
         self._held: set[int] = set()  # steps waiting in hold mode (the run shows `waiting`)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentguard-git")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="agentguard-git", initializer=leave_signals_to_caller
+        )
         now = self.clock.now()
         alive = {
             "status": "running",
@@ -656,6 +659,22 @@ def substitution_reason(
             "another model"
         )
     return "; ".join(parts) or None
+
+
+# Signals a caller handles (Ctrl-C above all). The kernel gives a process-directed signal to any
+# thread that does not block it; if that is the snapshot thread, the caller's thread stays
+# blocked in its HTTP read and Ctrl-C does nothing until the provider answers.
+_CALLER_SIGNALS = {
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
+    if hasattr(signal, name)
+}
+
+
+def leave_signals_to_caller() -> None:
+    """Run at the start of agentguard's own threads: they never take the caller's signals."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, _CALLER_SIGNALS)
 
 
 def project_folder(project: str | os.PathLike[str]) -> Path:
