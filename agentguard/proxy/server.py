@@ -31,6 +31,7 @@ from multidict import CIMultiDict
 
 from agentguard.classify import UpstreamError
 from agentguard.errors import AgentGuardError, RetriesExhausted, RunQueued
+from agentguard.guard import leave_signals_to_caller
 from agentguard.proxy import answers
 from agentguard.proxy.credentials import trusted, usable
 from agentguard.proxy.hold import KeepAlive
@@ -431,8 +432,12 @@ class ProxyThread:
         self.server = ProxyServer(options)
         self.host, self._port = host, port
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="agentguard-proxy")
+        self._thread = threading.Thread(target=self._run_loop, name="agentguard-proxy")
         self._thread.daemon = True
+
+    def _run_loop(self) -> None:
+        leave_signals_to_caller()  # Ctrl-C belongs to the main thread (and every thread we start)
+        self._loop.run_forever()
 
     def start(self) -> ProxyThread:
         self._thread.start()
