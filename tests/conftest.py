@@ -91,6 +91,30 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def start_proxy(
+    fake: FakeProvider, project: Path, home: Path, clock: FakeClock
+) -> Iterator[Callable[..., Any]]:
+    """Factory: an agentguard proxy in this process on a free loopback port, both upstreams
+    the fake provider, on the test's clock; stopped after the test."""
+    from agentguard.proxy import ProxyOptions, ProxyThread
+
+    started: list[ProxyThread] = []
+
+    def make(**options: Any) -> ProxyThread:
+        options.setdefault("upstream", fake.base_url)
+        options.setdefault("openai_upstream", fake.openai_base_url)
+        options.setdefault("clock", clock)
+        options.setdefault("rng", random.Random(7))
+        proxy = ProxyThread(ProxyOptions.build(project, home=home, **options)).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
 def guarded(
     fake: FakeProvider, home: Path, project: Path, clock: FakeClock
 ) -> Iterator[Callable[..., Any]]:

@@ -8,10 +8,9 @@ every request) and what the store recorded.
 from __future__ import annotations
 
 import json
-import random
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ import anthropic
 import httpx2
 import pytest
 
-from agentguard.clock import FakeClock
-from agentguard.proxy import ProxyOptions, ProxyThread
+from agentguard.proxy import ProxyThread
 from agentguard.store import Store
 from agentguard.testing import (
     FakeProvider,
@@ -41,22 +39,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture
-def start(fake: FakeProvider, project: Path, home: Path) -> Iterator[Callable[..., ProxyThread]]:
+def start(start_proxy: Callable[..., ProxyThread]) -> Callable[..., ProxyThread]:
     """Factory: a proxy in this process on a free loopback port, upstream the fake provider."""
-    started: list[ProxyThread] = []
-
-    def make(**options: Any) -> ProxyThread:
-        options.setdefault("upstream", fake.base_url)
-        options.setdefault("openai_upstream", fake.openai_base_url)
-        options.setdefault("clock", FakeClock())
-        options.setdefault("rng", random.Random(7))
-        proxy = ProxyThread(ProxyOptions.build(project, home=home, **options)).start()
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        proxy.stop()
+    return start_proxy
 
 
 @pytest.fixture

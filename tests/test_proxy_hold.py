@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -23,9 +22,8 @@ import httpx2
 import pytest
 
 from agentguard.breaker import BreakerSettings
-from agentguard.clock import FakeClock
 from agentguard.commands.statusline import status_line
-from agentguard.proxy import ProxyOptions, ProxyThread
+from agentguard.proxy import ProxyThread
 from agentguard.store import Store
 from agentguard.testing import FakeProvider, Turn, ok, overloaded, stall
 from tests.conftest import API_KEY, ATTEMPTS, storm
@@ -38,27 +36,10 @@ COOLDOWN = BreakerSettings().cooldown
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def start(
-    fake: FakeProvider, project: Path, home: Path, clock: FakeClock
+    start_proxy: Callable[..., ProxyThread], fake: FakeProvider
 ) -> Iterator[Callable[..., ProxyThread]]:
-    started: list[ProxyThread] = []
-
-    def make(**options: Any) -> ProxyThread:
-        options.setdefault("upstream", fake.base_url)
-        options.setdefault("clock", clock)
-        options.setdefault("rng", random.Random(7))
-        proxy = ProxyThread(ProxyOptions.build(project, home=home, **options)).start()
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        proxy.stop()
+    yield start_proxy
     fake.release_stalls()
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import anthropic
 import httpx2
 import pytest
 
-from agentguard.clock import FakeClock
 from agentguard.proxy import ProxyOptions, ProxyThread, translated
 from agentguard.proxy.upstream import Incoming
 from agentguard.store import Store
@@ -46,27 +44,18 @@ ANTHROPIC_ONLY = ("thinking", "context_management", "output_config", "metadata",
 
 @pytest.fixture
 def crossing(
-    fake: FakeProvider, project: Path, home: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., ProxyThread]]:
+    start_proxy: Callable[..., ProxyThread], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., ProxyThread]:
     """Factory: a proxy whose chain falls back from opus to an OpenAI route keyed from the
     environment ($OPENAI_API_KEY), accepting the client's key; both upstreams the fake."""
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
-    started: list[ProxyThread] = []
 
     def make(**options: Any) -> ProxyThread:
         options.setdefault("chain", [f"anthropic:{OPUS}", f"openai:{GPT}"])
         options.setdefault("accepted_keys", [API_KEY])
-        options.setdefault("upstream", fake.base_url)
-        options.setdefault("openai_upstream", fake.openai_base_url)
-        options.setdefault("clock", FakeClock())
-        options.setdefault("rng", random.Random(7))
-        proxy = ProxyThread(ProxyOptions.build(project, home=home, **options)).start()
-        started.append(proxy)
-        return proxy
+        return start_proxy(**options)
 
-    yield make
-    for proxy in started:
-        proxy.stop()
+    return make
 
 
 def claude_code_like(text: str = "What is the weather in Paris?") -> dict[str, Any]:
