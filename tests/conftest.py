@@ -90,6 +90,22 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="session")
+def claude_code() -> Any:
+    """The real Claude Code CLI, installed once by the tests' set-up (tests/claude_cli.py)."""
+    from tests import claude_cli
+
+    return claude_cli.require()
+
+
+@pytest.fixture
+def cc_home(tmp_path: Path) -> Path:
+    """Claude Code's HOME: empty, private to the test (no user settings, no login)."""
+    path = tmp_path / "claude-home"
+    path.mkdir()
+    return path
+
+
 @pytest.fixture
 def start_proxy(
     fake: FakeProvider, project: Path, home: Path, clock: FakeClock

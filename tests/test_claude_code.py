@@ -28,19 +28,6 @@ SHAPE = json.loads(
 )
 
 
-@pytest.fixture(scope="session")
-def claude_code() -> ClaudeCode:
-    return claude_cli.require()
-
-
-@pytest.fixture
-def cc_home(tmp_path: Path) -> Path:
-    """Claude Code's HOME: empty, private to the test (no user settings, no login)."""
-    path = tmp_path / "claude-home"
-    path.mkdir()
-    return path
-
-
 def model_calls(fake: FakeProvider) -> list[RecordedRequest]:
     return [r for r in fake.requests if r.path == "/v1/messages"]
 

@@ -36,25 +36,12 @@ from agentguard.testing import (
     ok,
     overloaded,
 )
-from tests import claude_cli
 from tests.claude_cli import ClaudeCode, Result
 from tests.conftest import ATTEMPTS, git, storm
 from tests.test_claude_code import dot_git, text_of, tool_results
 
 OPUS, SONNET = "claude-opus-4-7", "claude-sonnet-4-6"
 FAST_POLICY = 'policy = { preset = "coding_agent", base_delay = 0.001, max_delay = 0.005 }\n'
-
-
-@pytest.fixture(scope="session")
-def claude_code() -> ClaudeCode:
-    return claude_cli.require()
-
-
-@pytest.fixture
-def cc_home(tmp_path: Path) -> Path:
-    path = tmp_path / "claude-home"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture

@@ -40,6 +40,24 @@ def test_a_non_loopback_listen_needs_allow_remote(project: Path, capsys) -> None
     assert err.count("\n") == 1 and "--allow-remote" in err
 
 
+def run_python_child(
+    fake: FakeProvider, project: Path, home: Path, child: str
+) -> subprocess.CompletedProcess[str]:
+    """`agentguard run --upstream FAKE -- python -c CHILD` with the client key in its
+    environment, as a person would start it."""
+    env = {"PATH": "/usr/bin:/bin", "AGENTGUARD_HOME": str(home), "ANTHROPIC_API_KEY": API_KEY}
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "agentguard.cli", "run", "--project", str(project)),
+            *("--upstream", fake.base_url, "--", sys.executable, "-c", child),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_run_passes_the_proxy_to_the_child_and_its_exit_code_back(
     fake: FakeProvider, project: Path, home: Path
 ) -> None:
@@ -53,17 +71,7 @@ def test_run_passes_the_proxy_to_the_child_and_its_exit_code_back(
         " 'o': os.environ['OPENAI_BASE_URL'], 't': m.content[0].text}))\n"
         "sys.exit(7)\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "AGENTGUARD_HOME": str(home), "ANTHROPIC_API_KEY": API_KEY}
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "agentguard.cli", "run", "--project", str(project)),
-            *("--upstream", fake.base_url, "--", sys.executable, "-c", child),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python_child(fake, project, home, child)
     assert done.returncode == 7, done.stderr
     seen = json.loads(done.stdout)
     assert seen["a"].startswith("http://127.0.0.1:")
@@ -240,17 +248,7 @@ def test_run_keeps_agentguards_messages_off_the_childs_terminal(
         " messages=[{'role': 'user', 'content': 'hi'}])\n"
         "print(m.content[0].text)\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "AGENTGUARD_HOME": str(home), "ANTHROPIC_API_KEY": API_KEY}
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "agentguard.cli", "run", "--project", str(project)),
-            *("--upstream", fake.base_url, "--", sys.executable, "-c", child),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python_child(fake, project, home, child)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "after a retry\n"
     assert "agentguard" not in done.stderr and "529" not in done.stderr

@@ -265,11 +265,6 @@ def test_the_lookup_stays_fast_in_a_big_store(
     assert ms < 100
 
 
-@pytest.fixture(scope="session")
-def claude_code() -> ClaudeCode:
-    return claude_cli.require()
-
-
 def test_claude_code_shows_the_line_for_its_session(
     claude_code: ClaudeCode,
     guarded: Callable[..., Any],
