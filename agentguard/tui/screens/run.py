@@ -8,6 +8,8 @@ attempt time, counting down.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -342,6 +344,16 @@ class RunScreen(Screen[None]):
             return
         self._ask_restore(self.detail, step)
 
+    @contextmanager
+    def _writable_store(self) -> Iterator[Store]:
+        """A handle on the app's store for one action in a worker (the app itself only reads);
+        it shares the process's one connection."""
+        store = Store(self.watch_app.reader.path)
+        try:
+            yield store
+        finally:
+            store.close()
+
     @work(thread=True, exclusive=True, group="ask-restore", exit_on_error=False)
     def _ask_restore(self, detail: RunDetail, step: StepView) -> None:
         """Read the user's repository off the UI thread: has its branch or HEAD moved since
@@ -349,11 +361,8 @@ class RunScreen(Screen[None]):
         moved = None
         if step.checkpoint:
             try:
-                store = Store(self.watch_app.reader.path)
-                try:
+                with self._writable_store() as store:
                     moved = moved_since(store, detail.run.project, step.checkpoint)
-                finally:
-                    store.close()
             except Exception:  # the question is still asked, without the note
                 moved = None
         self.post_message(RestoreAsked(detail, step, moved))
@@ -382,11 +391,8 @@ class RunScreen(Screen[None]):
         `agentguard restore RUN --undo` undoes it. The app's own connection is read-only, so
         this opens a writable handle on the store for the restore alone."""
         try:
-            store = Store(self.watch_app.reader.path)
-            try:
+            with self._writable_store() as store:
                 done = restore_step(store, detail.run.id, step.number)
-            finally:
-                store.close()
         except AgentGuardError as exc:
             self.post_message(RestoreFinished(step.number, None, str(exc)))
             return
@@ -414,11 +420,8 @@ class RunScreen(Screen[None]):
         """The CLI's `resume --accept` decision (agentguard.resuming.accept_refused), on a
         writable handle of the store opened for this action alone."""
         try:
-            store = Store(self.watch_app.reader.path)
-            try:
+            with self._writable_store() as store:
                 accept_refused(store, detail.run.id, store.get_step(step.id))
-            finally:
-                store.close()
         except AgentGuardError as exc:
             self.post_message(AcceptFinished(step.number, str(exc)))
             return
