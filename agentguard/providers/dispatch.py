@@ -121,9 +121,10 @@ class Dispatcher:
     ) -> tuple[dict[str, Any], list[str]]:
         portable = {k: v for k, v in params.items() if k not in (*_NATIVE_ONLY, "stream")}
         if face.kind == "anthropic":
-            field = "max_completion_tokens" if route.provider == "openai" else "max_tokens"
             done = translate.anthropic_to_openai_request(
-                portable, model=route.model, max_tokens_field=field
+                portable,
+                model=route.model,
+                max_tokens_field=translate.max_tokens_field(route.provider),
             )
         else:
             done = translate.openai_to_anthropic_request(portable, model=route.model)

@@ -71,6 +71,13 @@ class Translation:
 # -- Anthropic request → OpenAI request -----------------------------------------------------------
 
 
+def max_tokens_field(provider: str) -> str:
+    """OpenAI's own API takes `max_completion_tokens` (its `max_tokens` is deprecated, and
+    refused by reasoning models); OpenAI-compatible providers (DeepSeek, gateways) take
+    `max_tokens`."""
+    return "max_completion_tokens" if provider == "openai" else "max_tokens"
+
+
 def anthropic_to_openai_request(
     params: dict[str, Any], *, model: str, max_tokens_field: str = "max_completion_tokens"
 ) -> Translation:

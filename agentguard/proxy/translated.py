@@ -86,16 +86,12 @@ def crosses(route: Route, incoming: Incoming) -> bool:
 def openai_request(route: Route, incoming: Incoming) -> tuple[dict[str, Any], list[str]]:
     """The Chat Completions body for `route`, and the names of what could not cross."""
     params = json.loads(incoming.body)
-    field = "max_completion_tokens" if route.provider == "openai" else "max_tokens"
-    done = translate.anthropic_to_openai_request(
+    done = translate.anthropic_to_openai_request(  # a tool_choice goes only with tools
         {k: v for k, v in params.items() if k in _CARRIED or k == "thinking"},
         model=route.model,
-        max_tokens_field=field,
+        max_tokens_field=translate.max_tokens_field(route.provider),
     )
     body = done.body
-    if "tool_choice" in body and not body.get("tools"):  # never a choice without tools
-        body.pop("tool_choice", None)
-        body.pop("parallel_tool_calls", None)
     dropped = list(done.dropped)
     dropped += [f"parameter {name}" for name in params if name not in _CARRIED | {"thinking"}]
     for tool in params.get("tools") or []:
