@@ -191,18 +191,14 @@ def accept_refused(store: Store, run_id: str, step: dict[str, Any] | None = None
         raise RunNotFound(
             f"Run {run_id} has no refused substitution to accept; resume it without --accept."
         )
-    with store.write() as db:
-        db["steps"].update(step["id"], {"status": "ok"})
-        db["events"].insert(
-            {
-                "run_id": run_id,
-                "step_id": step["id"],
-                "at": time.time(),
-                "kind": "substitution_accepted",
-                "detail": json.dumps(
-                    {"served": step["served_model"], "refused": step["error"]}, sort_keys=True
-                ),
-            }
+    with store.write():  # the decision and its record in one transaction
+        store.update_step(step["id"], status="ok")
+        store.insert_event(
+            run_id,
+            "substitution_accepted",
+            {"served": step["served_model"], "refused": step["error"]},
+            at=time.time(),
+            step_id=step["id"],
         )
     return {**step, "status": "ok"}
 
