@@ -180,8 +180,8 @@ def test_the_openai_route_receives_nothing_anthropic_only(crossing, fake, home) 
         }
     ]
     assert body["tool_choice"] == "auto"
-    assert body["stop"] == ["\n\nHuman:"]
-    assert body["max_completion_tokens"] == 128000
+    assert "stop" not in body  # GPT-5 models refuse it (400 unsupported_parameter)
+    assert body["max_completion_tokens"] == 128000  # gpt-5.5's maximum: not clamped
     assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user"]
     assert body["messages"][0]["content"] == "You are terse.\n\nUse tools."
     assert body["messages"][2] == {"role": "assistant", "content": "Hello."}
@@ -203,6 +203,7 @@ def test_the_openai_route_receives_nothing_anthropic_only(crossing, fake, home) 
         "thinking signature",
         "tool strict",
         "header anthropic-beta",
+        "parameter stop (gpt-5.5 refuses it)",
     ):
         assert expected in names, (expected, names)
 
@@ -404,3 +405,137 @@ def test_one_translated_attempt_sends_the_routes_key_and_counts_cached_tokens(
     assert '"cache_read_input_tokens":1000' in sse and sse.endswith(
         'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     )
+
+
+# -- fitted to the route: what each provider would refuse is never sent ----------------------------
+
+
+def send_claude_code_request(proxy: ProxyThread, index: int = 1) -> httpx2.Response:
+    """One of Claude Code's real requests (a tool_use and its tool_result, 12 tools, thinking,
+    max_tokens 128000), sent as Claude Code sent it, without a stream."""
+    capture = json.loads((FIXTURES / "claude-code-2.1.330-requests.json").read_text())
+    captured = capture["requests"][index]
+    body = {**captured["body"], "stream": False}
+    headers = {**captured["headers"], "x-api-key": API_KEY, SESSION: f"cafe0000-000{index}"}
+    return httpx2.post(
+        f"{proxy.url}{captured['path']}?beta=true",
+        content=json.dumps(body).encode(),
+        headers=headers,
+        timeout=60.0,
+    )
+
+
+def schema_keys(schema: Any) -> set[str]:
+    """The JSON-Schema keywords a schema uses (property names are not keywords)."""
+    found: set[str] = set()
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            found.add(key)
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                for sub in value.values():
+                    found |= schema_keys(sub)
+            elif key in ("items", "additionalProperties", "not"):
+                found |= schema_keys(value)
+            elif key in ("anyOf", "oneOf", "allOf") and isinstance(value, list):
+                for sub in value:
+                    found |= schema_keys(sub)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("model", "max_tokens"),
+    [("deepseek-v4-pro", 128_000), ("deepseek-chat", 8_192)],  # 384K today; 8K the legacy alias
+)
+def test_claude_codes_request_fits_a_deepseek_route(
+    crossing, fake, home, monkeypatch, model: str, max_tokens: int
+) -> None:
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-NEVER-PERSIST-9a")
+    route = {"provider": "deepseek", "model": model, "base_url": fake.openai_base_url}
+    proxy = crossing(chain=["anthropic:claude-opus-5-5", route])
+    fake.script(*storm(), model="claude-opus-5-5")
+    fake.script(ok(Turn(text="hello.txt says hi.")), model=model)
+    response = send_claude_code_request(proxy)
+    assert response.status_code == 200, response.text
+    assert response.json()["content"][0]["text"] == "hello.txt says hi."
+    assert response.headers["x-agentguard-served-model"] == model
+    [sent] = openai_requests(fake)
+    body = sent.body
+    assert body["max_tokens"] == max_tokens and "max_completion_tokens" not in body
+    # DeepSeek's thinking mode would demand a reasoning_content for the tool-call turn that
+    # Claude made: the request asks for non-thinking mode and carries none
+    assert body["thinking"] == {"type": "disabled"}
+    assert "reasoning_content" not in json.dumps(body)
+    assert [m["role"] for m in body["messages"]][-2:] == ["assistant", "tool"]
+    [dropped] = events(home, "translation_dropped")
+    names = dropped["dropped"]
+    assert any(n.startswith("thinking mode turned off") for n in names)
+    clamped = f"max_tokens 128000 → {max_tokens} ({model}'s maximum output)"
+    assert (clamped in names) == (max_tokens < 128_000)
+
+
+def test_claude_codes_request_fits_a_gemini_route(crossing, fake, home, monkeypatch) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", "gemini-key-NEVER-PERSIST-5e")
+    route = {"provider": "gemini", "model": "gemini-2.5-pro", "base_url": fake.openai_base_url}
+    proxy = crossing(chain=["anthropic:claude-opus-5-5", route])
+    fake.script(*storm(), model="claude-opus-5-5")
+    fake.script(ok(Turn(text="Done.")), model="gemini-2.5-pro")
+    response = send_claude_code_request(proxy)
+    assert response.status_code == 200, response.text
+    capture = json.loads((FIXTURES / "claude-code-2.1.330-requests.json").read_text())
+    tools = capture["requests"][1]["body"]["tools"]
+    assert {"$schema", "additionalProperties", "exclusiveMinimum"} <= set().union(
+        *(schema_keys(t["input_schema"]) for t in tools)
+    )  # what Claude Code sends, and Gemini's function declarations reject
+    [sent] = openai_requests(fake)
+    body = sent.body
+    assert body["max_tokens"] == 65_536
+    used = set().union(*(schema_keys(t["function"]["parameters"]) for t in body["tools"]))
+    assert not used & {"$schema", "additionalProperties", "exclusiveMinimum", "propertyNames"}
+    # every tool and every one of its arguments is still there
+    assert [t["function"]["name"] for t in body["tools"]] == [t["name"] for t in tools]
+    for tool, original in zip(body["tools"], tools, strict=True):
+        assert set(tool["function"]["parameters"].get("properties", {})) == set(
+            original["input_schema"].get("properties", {})
+        )
+    [dropped] = events(home, "translation_dropped")
+    names = dropped["dropped"]
+    assert "max_tokens 128000 → 65536 (gemini-2.5-pro's maximum output)" in names
+    [schema_note] = [n for n in names if n.startswith("tool schema keys Gemini rejects")]
+    for key in ("$schema", "additionalProperties", "exclusiveMinimum"):
+        assert key in schema_note
+
+
+def test_reasoning_content_in_an_answer_is_named_not_handed_over(project, monkeypatch) -> None:
+    """DeepSeek's (or Moonshot's) chain of thought comes back in `reasoning_content`; an
+    Anthropic thinking block would need a signature only Anthropic makes, so it is dropped and
+    named."""
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-NEVER-PERSIST-9a")
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        message = {"role": "assistant", "content": "4", "reasoning_content": "2 + 2 is 4."}
+        completion = {
+            "id": "c1",
+            "model": "deepseek-v4-pro",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 5},
+        }
+        return httpx2.Response(200, json=completion)
+
+    incoming = Incoming(
+        kind="anthropic",
+        method="POST",
+        path="/v1/messages",
+        query="",
+        headers=[("x-api-key", API_KEY)],
+        body=json.dumps(ask("2 + 2?")).encode(),
+    )
+    route = ProxyOptions.build(project, chain=["deepseek:deepseek-v4-pro"]).chain[0]
+
+    async def go() -> Any:
+        async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as http:
+            return await translated.attempt(http, route, incoming)
+
+    served = asyncio.run(go())
+    assert served.value.message["content"] == [{"type": "text", "text": "4", "citations": None}]
+    assert "2 + 2 is 4." not in served.value.json_body().decode()
+    assert "reasoning_content in the answer" in served.notes

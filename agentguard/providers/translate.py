@@ -35,12 +35,14 @@ STOP_TO_ANTHROPIC = {
     "content_filter": "refusal",
 }
 # Sampling parameters Chat Completions takes, and an Anthropic request may still carry (a raw
-# HTTP client, an older agent). The Messages API of today's SDK (anthropic 2.12) has none of
-# them — `messages.create(temperature=…)` raises TypeError — so they only cross towards OpenAI.
+# HTTP client, an older agent). The Messages API of today's SDK (anthropic 2.16) has none of
+# them — `messages.create(temperature=…)` raises TypeError — so towards Anthropic they cross
+# only for a caller that sends raw JSON (the proxy: `openai_to_anthropic_request(sampling=True)`,
+# and `limits.fit` removes them for the models that refuse them).
 _SHARED = ("temperature", "top_p")
 # Parameters with a meaning the other side cannot honour: reported when dropped.
 _ANTHROPIC_ONLY = ("top_k", "output_format", "output_config", "container", "mcp_servers")
-_OPENAI_ONLY = (
+OPENAI_ONLY = (
     *_SHARED,
     "response_format",
     "n",
@@ -346,7 +348,11 @@ def _arguments(tool_input: Any) -> str:
 # -- OpenAI request → Anthropic request -----------------------------------------------------------
 
 
-def openai_to_anthropic_request(params: dict[str, Any], *, model: str) -> Translation:
+def openai_to_anthropic_request(
+    params: dict[str, Any], *, model: str, sampling: bool = False
+) -> Translation:
+    """A Chat Completions request as a Messages request. `sampling`: carry temperature and
+    top_p (for a raw HTTP call; the anthropic SDK has no parameter for them)."""
     params = to_jsonable(params)
     dropped: list[str] = []
     system: list[str] = []
@@ -409,10 +415,9 @@ def openai_to_anthropic_request(params: dict[str, Any], *, model: str) -> Transl
         if tool.get("type") != "function" or not function:
             dropped.append(f"{tool.get('type')} tool")
             continue
-        converted = {
-            "name": function["name"],
-            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
-        }
+        schema = function.get("parameters") or {"type": "object", "properties": {}}
+        # the Messages API requires input_schema.type ("object"); Chat Completions does not
+        converted = {"name": function["name"], "input_schema": {"type": "object", **schema}}
         if function.get("description"):
             converted["description"] = function["description"]
         tools.append(converted)
@@ -421,7 +426,10 @@ def openai_to_anthropic_request(params: dict[str, Any], *, model: str) -> Transl
         choice = _tool_choice_to_anthropic(params.get("tool_choice"), params)
         if choice:
             body["tool_choice"] = choice
-    dropped.extend(_untranslated(params, _OPENAI_ONLY))
+    if sampling:
+        body.update({name: params[name] for name in _SHARED if params.get(name) is not None})
+    carried = _SHARED if sampling else ()
+    dropped.extend(_untranslated(params, tuple(n for n in OPENAI_ONLY if n not in carried)))
     return Translation(body, dropped)
 
 

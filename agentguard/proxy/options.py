@@ -122,16 +122,17 @@ class ProxyOptions:
         return Route(provider=kind, model=model, kind=kind, base_url=self.upstreams[kind])  # type: ignore[arg-type]
 
     def chain_for(self, kind: str) -> list[Route]:
-        """The fallback routes a front may use: those speaking its wire format and, for the
-        Anthropic front, OpenAI-format routes too (the request is translated, see
-        `translated`). Such a route is always keyed from the proxy's environment — `openai:…`
-        with $OPENAI_API_KEY, `deepseek:…` with $DEEPSEEK_API_KEY — and left out while that
-        variable is not set (the client's own Anthropic credential means nothing there)."""
+        """The fallback routes a front may use: those speaking its wire format, and those of
+        the other one (the request is translated, see `translated`). A route of the other
+        format is always keyed from the proxy's environment — `openai:…` with
+        $OPENAI_API_KEY, `deepseek:…` with $DEEPSEEK_API_KEY, `anthropic:…` with
+        $ANTHROPIC_API_KEY — and left out while that variable is not set (the client's own
+        credential means nothing there)."""
         routes = []
         for route in self.chain:
             if route.kind == kind:
                 routes.append(route)
-            elif kind == "anthropic" and route.kind == "openai":
+            else:
                 crossing = env_keyed(route)
                 if crossing.api_key_env and os.environ.get(crossing.api_key_env):
                     routes.append(crossing)
@@ -139,9 +140,9 @@ class ProxyOptions:
 
 
 def env_keyed(route: Route) -> Route:
-    """An OpenAI-format route as the Anthropic front uses it: `own_route` gave `openai:…` the
-    OpenAI front's credential rule (the client's own key); across fronts it takes its
-    provider's key variable again."""
+    """A route as the other front uses it: `own_route` gave `openai:…` (`anthropic:…`) the
+    OpenAI (Anthropic) front's credential rule, the client's own key; across fronts it takes
+    its provider's key variable again."""
     if route.api_key_env is not None:
         return route
     spec = KNOWN_PROVIDERS.get(route.provider)

@@ -1,18 +1,24 @@
-"""A request of the Anthropic front served by an OpenAI-format route (cross-provider fallback).
+"""A request served by a route of the other wire format (cross-provider fallback).
 
-The client's Messages request is translated with the library's own translation (system, text,
-images, tools, tool calls and results, stop sequences, `tool_choice`), sent to the route's
-Chat Completions endpoint WITHOUT streaming and with the route's own key from the proxy's
-environment (only the request's body crosses: no client header does), and the answer is
-translated back into an Anthropic message (stop reason, usage with cached tokens). The client
-receives Anthropic output either way: the message as JSON, or for a streamed request the SSE
-events the Messages API would have sent for it (`message_start` … `message_stop`).
+Anthropic front, OpenAI-format route: the client's Messages request is translated with the
+library's own translation (system, text, images, tools, tool calls and results, stop
+sequences, `tool_choice`), fitted to what the route accepts (`providers.limits`: max_tokens
+clamped to the model's maximum, Gemini's schema subset, DeepSeek's thinking mode, parameters
+OpenAI's reasoning models refuse), sent to the route's Chat Completions endpoint WITHOUT
+streaming and with the route's own key from the proxy's environment (only the request's body
+crosses: no client header does), and the answer is translated back into an Anthropic message
+(stop reason, usage with cached tokens). The client receives Anthropic output either way: the
+message as JSON, or for a streamed request the SSE events the Messages API would have sent
+for it (`message_start` … `message_stop`). The other direction (OpenAI front, Anthropic
+route) is `translated_openai`.
 
 What has no meaning on the other side is not sent and is named in the step's
 `translation_dropped` event: thinking blocks (and their signatures), the `thinking`
 configuration, `context_management`, `output_config`, `metadata`, server tools, `cache_control`,
 tools' `defer_loading` / `strict`, the `anthropic-beta` header, any field the proxy does not
-know.
+know — and every change `limits.fit` made. A `reasoning_content` in the answer (DeepSeek's,
+Moonshot's chain of thought) is not handed over: an Anthropic thinking block needs a signature
+only Anthropic can make, and Claude rejects one without; it is named too.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 import httpx2
 
 from agentguard.classify import UpstreamError
-from agentguard.providers import synthesize, translate
+from agentguard.providers import limits, synthesize, translate
 from agentguard.proxy.upstream import Incoming
 from agentguard.routes import Route
 from agentguard.step_types import Served
@@ -79,8 +85,8 @@ class Translated:
 
 
 def crosses(route: Route, incoming: Incoming) -> bool:
-    """Does this attempt go to a route of the other wire format? (the Anthropic front only)"""
-    return incoming.kind == "anthropic" and route.kind == "openai"
+    """Does this attempt go to a route of the other wire format?"""
+    return incoming.kind != route.kind
 
 
 def openai_request(route: Route, incoming: Incoming) -> tuple[dict[str, Any], list[str]]:
@@ -91,7 +97,7 @@ def openai_request(route: Route, incoming: Incoming) -> tuple[dict[str, Any], li
         model=route.model,
         max_tokens_field=translate.max_tokens_field(route.provider),
     )
-    body = done.body
+    body, fitted = limits.fit(route, done.body)
     dropped = list(done.dropped)
     dropped += [f"parameter {name}" for name in params if name not in _CARRIED | {"thinking"}]
     for tool in params.get("tools") or []:
@@ -103,7 +109,7 @@ def openai_request(route: Route, incoming: Incoming) -> tuple[dict[str, Any], li
         dropped.append("thinking signature")
     if any(name.lower() == "anthropic-beta" for name, _ in incoming.headers):
         dropped.append("header anthropic-beta")
-    return body, list(dict.fromkeys(dropped))
+    return body, list(dict.fromkeys([*dropped, *fitted]))
 
 
 def _has_key(value: Any, key: str) -> bool:
@@ -120,9 +126,13 @@ def url_of(route: Route) -> str:
 
 
 async def attempt(client: httpx2.AsyncClient, route: Route, incoming: Incoming) -> Served:
-    """One attempt on an OpenAI-format route for an Anthropic request: a Served whose value is
-    a `Translated` message, or the provider's failure raised (its own error, for the
+    """One attempt on a route of the other wire format: a Served whose value is a `Translated`
+    answer in the client's format, or the provider's failure raised (its own error, for the
     classifier)."""
+    if incoming.kind == "openai":
+        from agentguard.proxy import translated_openai
+
+        return await translated_openai.attempt(client, route, incoming)
     body, dropped = openai_request(route, incoming)
     key = os.environ.get(route.api_key_env or "", "")
     headers = {
@@ -147,6 +157,8 @@ async def attempt(client: httpx2.AsyncClient, route: Route, incoming: Incoming) 
         ) from None
     served_model = completion.get("model") if isinstance(completion.get("model"), str) else None
     message = translate.openai_to_anthropic_response(completion, model=served_model or route.model)
+    if _reasoning_of(completion):
+        dropped.append("reasoning_content in the answer")
     usage = message["usage"]
     request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
     return Served(
@@ -159,6 +171,13 @@ async def attempt(client: httpx2.AsyncClient, route: Route, incoming: Incoming) 
         response_json=dumps(message),
         notes=dropped,
     )
+
+
+def _reasoning_of(completion: dict[str, Any]) -> str:
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    reasoning = message.get("reasoning_content") if isinstance(message, dict) else None
+    return reasoning if isinstance(reasoning, str) else ""
 
 
 def anthropic_error(body: bytes) -> bytes | None:
