@@ -393,6 +393,35 @@ def test_stop_does_not_hang_on_stalled_connections() -> None:
     fake.stop()  # idempotent
 
 
+def test_a_burst_of_concurrent_streams_is_served(fake: FakeProvider) -> None:
+    """64 streams opened at once (agents behind one proxy): none is reset for want of room in
+    the listen backlog, and each gets its own answer."""
+    fake.set_model(lambda request: Turn(text=f"answer {request.body['messages'][0]['content']}"))
+
+    async def one(client: httpx2.AsyncClient, n: int) -> str:
+        body = {
+            "model": CLAUDE,
+            "max_tokens": 8,
+            "stream": True,
+            "messages": [{"role": "user", "content": f"n{n}"}],
+        }
+        async with client.stream("POST", "/v1/messages", json=body) as response:
+            return (await response.aread()).decode()
+
+    async def main() -> list[str]:
+        async with httpx2.AsyncClient(
+            base_url=fake.base_url,
+            headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+            limits=httpx2.Limits(max_connections=64),
+            timeout=30,
+        ) as client:
+            return await asyncio.gather(*(one(client, n) for n in range(64)))
+
+    bodies = asyncio.run(main())
+    assert all(f'"text":"n{n}"' in body for n, body in enumerate(bodies))
+    assert all(body.rstrip().endswith('data: {"type":"message_stop"}') for body in bodies)
+
+
 # -- openai ---------------------------------------------------------------------------------------
 
 

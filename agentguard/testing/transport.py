@@ -129,6 +129,9 @@ class LoopbackServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False  # stop() joins the connection threads itself, with a deadline
+    # socketserver's default backlog is 5: a burst of concurrent connections (64 agents'
+    # streams at once) overflowed it and the kernel reset the connections it could not queue.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], on_request: Callable[[Exchange], None]) -> None:
         self.on_request = on_request
