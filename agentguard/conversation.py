@@ -125,8 +125,9 @@ def delta(head: Head, messages: Sequence[Any]) -> Delta:
     shas: list[str] = []
     limit = min(len(head.objects), len(messages))
     while common < limit:
-        candidate = messages[common]
-        if candidate is head.objects[common]:
+        candidate, known = messages[common], head.objects[common]
+        # the same object, or an equal one (a proxy parses every request anew): no re-hash
+        if candidate is known or (type(candidate) is dict and candidate == known):
             shas.append(head.shas[common])
         else:
             sha, _ = message_sha(candidate)

@@ -106,6 +106,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         self._head = Head()
         self._last_status = "running"
         self._held: set[int] = set()  # steps waiting in hold mode (the run shows `waiting`)
+        self._deferred: dict[int, StepState] = {}  # served steps whose snapshot is still running
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="agentguard-git", initializer=leave_signals_to_caller
         )
@@ -145,18 +146,34 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         process_end.install()
         atexit.register(self._at_exit)
 
-    def routes_for(self, requested: Route) -> list[Route]:
-        """The routes a step may use, primary first; `forbid` never changes route."""
+    def routes_for(self, requested: Route, chain: Sequence[Route] | None = None) -> list[Route]:
+        """The routes a step may use, primary first; `forbid` never changes route. `chain`:
+        this step's fallbacks instead of the run's (a proxy request may use only some)."""
         if self.policy.substitution == "forbid":
             return [requested]
-        keys = [route.key for route in self.chain]
-        rest = self.chain[keys.index(requested.key) + 1 :] if requested.key in keys else self.chain
+        chain = self.chain if chain is None else list(chain)
+        keys = [route.key for route in chain]
+        rest = chain[keys.index(requested.key) + 1 :] if requested.key in keys else chain
         return [requested, *(route for route in rest if route.key != requested.key)]
 
     # -- the step --------------------------------------------------------------------------------
 
-    def step(self, request: StepRequest, *, hold: float = 0.0) -> StepPlan:
+    def step(
+        self,
+        request: StepRequest,
+        *,
+        hold: float = 0.0,
+        head: Head | None = None,
+        chain: Sequence[Route] | None = None,
+        defer_checkpoint: bool = False,
+    ) -> StepPlan:
         """The guarded step as a plan of actions; run it with `plan.drive` / `plan.adrive`.
+
+        `head`: the conversation this step continues, updated in place (default: the run's
+        own; a proxy keeps one per conversation it interleaves). `chain`: this step's
+        fallbacks (default: the run's). `defer_checkpoint`: hand a served answer over before
+        the tree snapshot is complete — for a stream passed on live, whose caller must then
+        run `join_checkpoint(step_id)` before letting its client act on the answer.
 
         `hold` (seconds from the step's start; 0: off) is hold mode: when the step would give
         up because its routes are down (their breakers open) — or, under `forbid`, because its
@@ -165,10 +182,10 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         again, until `hold` seconds after it started. While it waits the run is `waiting` with
         `next_attempt_at` and a `step_held` event says why; every try is one attempt of the
         same step, and a down route gets one probe per cooldown, shared with every agent."""
-        state = self._checkpoint(request)
+        state = self._checkpoint(request, head)
         try:
             served, route, failed = yield from self._serve(
-                state, self.routes_for(request.route), hold
+                state, self.routes_for(request.route, chain), hold
             )
         except Exception as exc:
             self._held.discard(state.step_id)
@@ -180,6 +197,9 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             self._release_hold(state)
             raise
         self._held.discard(state.step_id)
+        if defer_checkpoint and state.snapshot is not None:
+            self._deferred[state.step_id] = state  # joined by join_checkpoint, or at close
+            return self._finish(state, served, route, failed)
         try:
             yield from self._join_snapshot(state)
         except BaseException:  # cancelled after the answer came: keep the paid-for response
@@ -187,16 +207,29 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             raise
         return self._finish(state, served, route, failed)
 
-    def _checkpoint(self, request: StepRequest) -> StepState:
-        """Store the conversation's new messages and start the working-tree snapshot."""
+    def join_checkpoint(self, step_id: int) -> StepPlan:
+        """Wait for a deferred step's tree snapshot and record it (a plan: `Join` only)."""
+        state = self._deferred.get(step_id)
+        if state is None:
+            return
+        try:
+            yield from self._join_snapshot(state)
+        finally:
+            if state.snapshot is None:
+                self._deferred.pop(step_id, None)
+
+    def _checkpoint(self, request: StepRequest, head: Head | None = None) -> StepState:
+        """Store the conversation's new messages and start the working-tree snapshot; `head`
+        (the conversation so far; the run's own by default) becomes this step's."""
+        head = self._head if head is None else head
         started = self.clock.now()
         started_mono = self.clock.monotonic()
-        conv = delta(self._head, request.messages)
+        conv = delta(head, request.messages)
         blob = request_blob(request.params)
         step_id, number = self.store.begin_step(
             {
                 "run_id": self.run_id,
-                "parent_id": self._head.step_id,
+                "parent_id": head.step_id,
                 "base_len": conv.base_len,
                 "total_len": len(conv.objects),
                 "request": blob[0],
@@ -209,7 +242,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             conv.new,
             blob,
         )
-        self._head = Head(step_id=step_id, objects=conv.objects, shas=conv.shas)
+        head.step_id, head.objects, head.shas = step_id, conv.objects, conv.shas
         state = StepState(number, step_id, request, started_mono)
         if self.shadow is not None:
             ref = f"refs/agentguard/runs/{self.run_id}/steps/{number}"

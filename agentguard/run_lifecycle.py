@@ -13,6 +13,7 @@ from typing import Any
 from agentguard import process_end
 from agentguard.clock import Clock
 from agentguard.conversation import Head
+from agentguard.plan import Call, StepPlan, drive
 from agentguard.process_end import describe as describe_exception
 from agentguard.resuming import ensure_not_live
 from agentguard.store import Store
@@ -29,6 +30,8 @@ class RunLifecycle:
     _closed: bool
     _last_status: str
     _executor: ThreadPoolExecutor
+    _deferred: dict[int, Any]
+    join_checkpoint: Callable[[int], StepPlan]  # Guard.join_checkpoint
     event: Callable[..., None]  # StepRecording.event
 
     def _previous_run(self, run_id: str) -> dict[str, Any]:
@@ -54,6 +57,8 @@ class RunLifecycle:
             return
         self._closed = True
         atexit.unregister(self._at_exit)
+        for step_id in list(self._deferred):  # a stream's snapshot still running: record it
+            drive(self.join_checkpoint(step_id), _no_calls, self.clock)
         self._executor.shutdown(wait=True)
         final = status or ("completed" if self._last_status == "running" else self._last_status)
         now = self.clock.now()
@@ -90,3 +95,7 @@ class RunLifecycle:
                 self._end_abnormally(ending.status, ending.error_type, ending.message)
         except Exception:  # the interpreter is going away; never mask its own exit
             log.debug("agentguard: closing run %s at exit failed", self.run_id, exc_info=True)
+
+
+def _no_calls(call: Call) -> Any:
+    raise AssertionError("joining a checkpoint calls no route")

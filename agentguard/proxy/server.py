@@ -31,7 +31,8 @@ from multidict import CIMultiDict
 
 from agentguard.classify import UpstreamError
 from agentguard.errors import AgentGuardError, RetriesExhausted, RunQueued
-from agentguard.guard import leave_signals_to_caller
+from agentguard.guard import Guard, leave_signals_to_caller
+from agentguard.plan import Call, adrive
 from agentguard.proxy import answers
 from agentguard.proxy.credentials import trusted, usable
 from agentguard.proxy.hold import KeepAlive
@@ -67,6 +68,7 @@ class ProxyServer:
         self.upstream: Upstream | None = None
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._checkpoints: set[asyncio.Future[Any]] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -98,6 +100,8 @@ class ProxyServer:
             await runner.cleanup()
         if self.upstream is not None:
             await self.upstream.aclose()
+        if self._checkpoints:
+            await asyncio.gather(*self._checkpoints, return_exceptions=True)
         self.sessions.close()
 
     # -- routing -------------------------------------------------------------------------------
@@ -219,6 +223,8 @@ class ProxyServer:
                 return keeper.response  # the client left while held; nothing more to send
             raise
         except Exception as exc:
+            if begun:
+                self._join_checkpoint(guard, begun[0])
             if keeper is None or not keeper.started:
                 return _step_failure(kind, exc)
             try:  # the held stream has started: the error goes as an SSE error event
@@ -230,6 +236,11 @@ class ProxyServer:
                 )
             return await keeper.fail(bytes(failure.body or b""))
         step_info = info(value)
+        checkpoint = self._join_checkpoint(guard, step_info.step_id)
+        if isinstance(value, LiveStream):  # content flows now; a tool call or the end waits
+            value.gate = lambda: asyncio.shield(checkpoint)
+        else:
+            await asyncio.shield(checkpoint)  # the whole answer at once: the checkpoint first
         marks = [
             ("x-agentguard-served-model", step_info.served_model),
             ("x-agentguard-run", step_info.run_id),
@@ -248,6 +259,14 @@ class ProxyServer:
             )
         assert isinstance(value, LiveStream)
         return await self._pass_stream(request, value, marks, guard, step_info, held)
+
+    def _join_checkpoint(self, guard: Guard, step_id: int) -> asyncio.Future[Any]:
+        """The step's tree checkpoint, recorded once its snapshot is done (a streamed step is
+        handed over before; see `Guard.step(defer_checkpoint=…)`); stop() waits for it."""
+        task = asyncio.ensure_future(adrive(guard.join_checkpoint(step_id), _no_calls, guard.clock))
+        self._checkpoints.add(task)
+        task.add_done_callback(self._checkpoints.discard)
+        return task
 
     async def _pass_stream(
         self,
@@ -402,6 +421,10 @@ def _upstream_error(kind: str, exc: UpstreamError, *, gave_up: bool) -> web.Resp
     if gave_up:
         headers["x-should-retry"] = "false"
     return web.Response(status=status, headers=headers, body=body)
+
+
+async def _no_calls(call: Call) -> Any:
+    raise AssertionError("joining a checkpoint calls no route")
 
 
 def _stream_end(stream: LiveStream) -> tuple[str, str | None]:

@@ -103,13 +103,13 @@ class Sessions:
         request may use); returns what the step hands over (a served answer). `hold`: the
         step's hold mode (seconds); `keeper` keeps a streaming client alive while it is held."""
         guard = session.guard
-        guard._head = session.lanes.get(lane, Head())
-        guard.chain = routes
-        plan = guard.step(request, hold=hold)
+        head = session.lanes.setdefault(lane, Head())
+        plan = guard.step(
+            request, hold=hold, head=head, chain=routes, defer_checkpoint=request.stream
+        )
         first = next(plan)  # the checkpoint: the step's row, its new messages, the snapshot
-        session.lanes[lane] = guard._head
-        if on_started is not None and guard._head.step_id is not None:
-            on_started(guard, guard._head.step_id)
+        if on_started is not None and head.step_id is not None:
+            on_started(guard, head.step_id)
         if keeper is None:
             return await adrive(_resumed(plan, first), call, guard.clock)
         resumed = _resumed(plan, first, keeper.saw)

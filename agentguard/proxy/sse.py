@@ -81,6 +81,24 @@ def is_preamble(kind: str, event: Event) -> bool:
     return True
 
 
+_ANTHROPIC_NOT_ACTIONABLE = frozenset(
+    {"message_start", "ping", "content_block_start", "content_block_delta"}
+)
+
+
+def lets_client_act(kind: str, event: Event) -> bool:
+    """With this event the client holds something complete it may act on — a finished tool
+    call, the whole answer, an error — so the step's tree checkpoint must be taken first."""
+    if kind == "anthropic":
+        return event.name not in _ANTHROPIC_NOT_ACTIONABLE
+    if event.data == "[DONE]":
+        return True
+    data = event.json()
+    if not isinstance(data, dict):
+        return False
+    return "error" in data or any(c.get("finish_reason") for c in data.get("choices") or [])
+
+
 # -- the final answer ---------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx2
@@ -39,6 +39,8 @@ class LiveStream:
             self.assembler.feed(event)
         self.error: str | None = None  # why the stream failed after its first content
         self.done = False  # the stream was read to its end (complete or failed)
+        # awaited once, before the first event the client could act on (see sse.lets_client_act)
+        self.gate: Callable[[], Awaitable[Any]] | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._bytes()
@@ -52,16 +54,25 @@ class LiveStream:
                 self.assembler.feed(event)
                 if sse.is_error(self.kind, event):
                     self.error = _error_text(event.json()) or "an error event"
+                if self.gate is not None and sse.lets_client_act(self.kind, event):
+                    await self._open_gate()
                 yield event.raw
         except httpx2.TransportError as exc:
             self.error = f"the provider's stream broke: {type(exc).__name__}: {exc}"
+            await self._open_gate()
             yield answers.error_event(self.kind, self.error)
             self.done = True
             return
         if self.error is None and not self.assembler.complete:
             self.error = "the provider's stream ended before its end marker"
+            await self._open_gate()
             yield answers.error_event(self.kind, self.error)
         self.done = True
+
+    async def _open_gate(self) -> None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            await gate()
 
     def final(self) -> sse.Final:
         return self.assembler.final()
