@@ -193,8 +193,8 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             yield from self._join_snapshot(state)
             raise
         except BaseException as exc:  # cancelled or interrupted: record it, never yield again
+            self._release_hold(state)  # first: a reader who sees the step cancelled sees the run
             self._cancel_step(state, exc)
-            self._release_hold(state)
             raise
         self._held.discard(state.step_id)
         if defer_checkpoint and state.snapshot is not None:
