@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anthropic
 
@@ -279,3 +280,42 @@ def test_a_bad_hold_or_ping_interval_is_one_sentence(project: Path, capsys) -> N
         assert (
             err.startswith(f"agentguard: {flag} takes a number of seconds") and err.count("\n") == 1
         ), err
+
+
+def test_policy_fields_on_the_command_line_go_over_the_config_files_policy(project: Path) -> None:
+    """`--policy PRESET,FIELD=VALUE`: a preset and fields over it; fields alone go over the
+    policy agentguard.toml names."""
+    from agentguard.cli import build_parser
+    from agentguard.commands.common import Context
+    from agentguard.commands.proxy import options_from
+    from agentguard.policy import resolve_policy
+
+    def policy(*argv: str) -> Any:
+        args = build_parser().parse_args(["proxy", "--project", str(project), *argv])
+        return resolve_policy(options_from(Context(home=None), args).policy)
+
+    chosen = policy("--policy", "batch,substitution=announce,step_deadline=60")
+    assert (chosen.name, chosen.substitution, chosen.step_deadline) == (
+        "batch",
+        "announce",
+        60,
+    )
+    (project / "agentguard.toml").write_text('policy = "batch"\n')
+    over_config = policy("--policy", "max_attempts=2")
+    assert (over_config.name, over_config.max_attempts) == ("batch", 2)
+    assert policy().name == "batch"
+
+
+def test_a_bad_policy_field_is_one_sentence_naming_it(project: Path, capsys) -> None:
+    for value, says in (
+        ("substitution=sometimes", "substitution must be one of"),
+        ("coding_agent,retries=3", "unknown field 'retries'"),
+        ("coding_agent,batch", "name one preset at most"),
+        ("=3", "has no field name"),
+        ("max_attempts=lots", "max_attempts"),
+    ):
+        argv = ["proxy", "--project", str(project), "--policy", value, "--listen", "127.0.0.1:0"]
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, value
+        assert err.startswith("agentguard: ") and says in err and err.count("\n") == 1, err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import ipaddress
+import json
 import signal
 import socket
 import threading
@@ -35,7 +36,12 @@ def add_shared(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chain", nargs="+", metavar="ROUTE", help="fallback routes in order, provider:model"
     )
-    parser.add_argument("--policy", metavar="PRESET", help="a policy preset (default coding_agent)")
+    parser.add_argument(
+        "--policy",
+        metavar="PRESET[,FIELD=VALUE…]",
+        help="a policy preset and/or fields over it, e.g. coding_agent,substitution=forbid "
+        "or step_deadline=60 (over agentguard.toml's policy; default coding_agent)",
+    )
     parser.add_argument(
         "--accept-key-env",
         action="append",
@@ -71,10 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from(ctx: Context, args: argparse.Namespace, accepted: tuple[str, ...] = ()) -> Any:
     from agentguard.proxy import ProxyOptions
 
+    preset, overrides = parse_policy(args.policy)
     return ProxyOptions.build(
         args.project,
         chain=args.chain,
-        policy=args.policy,
+        policy=preset,
+        policy_overrides=overrides,
         upstream=args.upstream,
         openai_upstream=args.openai_upstream,
         home=ctx.home,
@@ -83,6 +91,34 @@ def options_from(ctx: Context, args: argparse.Namespace, accepted: tuple[str, ..
         snapshots=False if args.no_snapshots else None,
         **_hold_options(args),
     )
+
+
+def parse_policy(text: str | None) -> tuple[str | None, dict[str, Any]]:
+    """`--policy PRESET[,FIELD=VALUE…]` → (preset or None, fields). A value is read as JSON
+    when it is JSON (`60`, `0.5`), else as text (`forbid`); the fields are validated with the
+    policy, so a wrong one is one sentence naming it."""
+    if text is None:
+        return None, {}
+    preset: str | None = None
+    fields: dict[str, Any] = {}
+    for item in (part.strip() for part in text.split(",")):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep:
+            if not item or preset is not None:
+                raise Refused(
+                    f"--policy {text!r}: name one preset at most, then FIELD=VALUE pairs, "
+                    "e.g. --policy coding_agent,substitution=forbid."
+                )
+            preset = item
+            continue
+        if not name:
+            raise Refused(f"--policy {text!r}: {item!r} has no field name before '='.")
+        try:
+            fields[name] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[name] = value.strip()
+    return preset, fields
 
 
 def _hold_options(args: argparse.Namespace) -> dict[str, float]:

@@ -56,6 +56,7 @@ class ProxyOptions:
         *,
         chain: Iterable[str | Mapping[str, Any] | Route] | None = None,
         policy: str | Policy | dict[str, Any] | None = None,
+        policy_overrides: Mapping[str, Any] | None = None,
         upstream: str | None = None,
         openai_upstream: str | None = None,
         home: str | os.PathLike[str] | None = None,
@@ -80,6 +81,8 @@ class ProxyOptions:
         routes = [own_route(route, upstreams) for route in routes]
         check_keys(routes)
         policy = policy if policy is not None else settings.policy
+        if policy_overrides:  # fields over the preset (or the config file's policy)
+            policy = resolve_policy(policy, **policy_overrides)
         resolve_policy(policy)  # a bad preset or field is refused now, not at the first request
         keys = set(accepted_keys)
         for name in accept_key_envs:
