@@ -165,3 +165,49 @@ def test_an_overload_on_the_openai_front_is_absorbed(proxy, fake, home) -> None:
     )
     assert completion.choices[0].message.content == "after one retry"
     assert [r.reply for r in fake.requests] == ["error:529", "ok"]
+
+
+def test_a_quiet_session_has_its_run_closed_and_reopened_by_its_next_request(
+    start: Any, fake: FakeProvider, home: Path, clock: Any
+) -> None:
+    """A long-running proxy does not keep every session's run open for ever: after
+    `session_idle` seconds without a request the run is `completed` (with a `session_idle`
+    event); the session's next request goes on in the same run, its conversation not stored
+    again."""
+    proxy = start(session_idle=600)
+    session = {SESSION: "5e55-idle"}
+    assert post(proxy, turn("fix the bug"), **session).status_code == 200
+    store = Store.open(home)
+    [run] = store.query("select id, status from runs")
+    assert run["status"] == "running"
+
+    clock.advance(599)
+    assert post(proxy, turn("other session"), **{SESSION: "other"}).status_code == 200
+    assert store.get_run(run["id"])["status"] == "running"  # not quiet long enough
+
+    clock.advance(601)
+    closed = proxy.server.sessions.close_idle()
+    assert run["id"] in closed
+    assert store.get_run(run["id"])["status"] == "completed"
+    assert len(closed) == 2  # the other session has been quiet as long
+    assert sorted(e["run_id"] for e in events(home, "session_idle")) == sorted(closed)
+
+    assert post(proxy, turn("fix the bug", "ok", "go on"), **session).status_code == 200
+    assert store.get_run(run["id"])["status"] == "running"
+    ours = store.query("select * from steps where run_id = ? order by number", [run["id"]])
+    assert [s["number"] for s in ours] == [1, 2]
+    assert (ours[1]["base_len"], ours[1]["total_len"]) == (1, 3)  # only the two new messages
+    assert len(store.query("select id from runs")) == 2  # the reopened run is the same run
+
+
+def test_a_session_with_a_request_in_flight_is_never_closed(
+    start: Any, fake: FakeProvider, home: Path, clock: Any
+) -> None:
+    proxy = start(session_idle=600)
+    sessions = proxy.server.sessions
+    assert post(proxy, turn("hi"), **{SESSION: "busy"}).status_code == 200
+    [session] = list(sessions._sessions.values())
+    with sessions.in_use(session):
+        clock.advance(10_000)
+        assert sessions.close_idle() == []
+    assert sessions.close_idle() == []  # its request just ended: it is not quiet

@@ -58,6 +58,12 @@ def add_shared(parser: argparse.ArgumentParser) -> None:
         "alive with pings (default: the policy's step_deadline + queue_delay; 0: never hold)",
     )
     parser.add_argument(
+        "--session-idle",
+        metavar="SECONDS",
+        help="close the run of a client session quiet this long; its next request reopens it "
+        "(default 1800; 0: keep every run open while the proxy runs)",
+    )
+    parser.add_argument(
         "--ping-interval",
         metavar="SECONDS",
         help="seconds between the pings sent to a held streaming client (default 10)",
@@ -127,6 +133,7 @@ def _hold_options(args: argparse.Namespace) -> dict[str, float]:
     for flag, field, value, least in (
         ("--hold", "hold", args.hold, 0.0),
         ("--ping-interval", "ping_interval", args.ping_interval, 0.1),
+        ("--session-idle", "session_idle", args.session_idle, 0.0),
     ):
         if value is None:
             continue

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentguard.clock import Clock
+from agentguard.clock import Clock, SystemClock
 from agentguard.config import load_config
 from agentguard.guard import project_folder
 from agentguard.policy import Policy, resolve_policy
@@ -30,6 +30,9 @@ PING_INTERVAL = 10.0  # seconds between keep-alive pings to a held streaming cli
 # A request without a stream can be sent nothing before its answer: it is held at most this
 # long (from its arrival), well inside the SDKs' default 10-minute timeout (Claude Code's too).
 HOLD_NON_STREAMING = 300.0
+# A client session without a request this long has its run closed (`completed`); a later
+# request of the same session reopens that run. Claude Code's sessions end without a word.
+SESSION_IDLE = 1800.0
 
 
 @dataclass
@@ -48,6 +51,11 @@ class ProxyOptions:
     hold: float | None = None  # seconds a request may be held; None: the policy's (hold_for)
     hold_non_streaming: float = HOLD_NON_STREAMING
     ping_interval: float = PING_INTERVAL
+    session_idle: float = SESSION_IDLE  # 0: a session's run stays open while the proxy runs
+
+    def monotonic(self) -> float:
+        """Seconds on the proxy's clock (the tests' clock in tests)."""
+        return (self.clock or SystemClock()).monotonic()
 
     @classmethod
     def build(
@@ -69,6 +77,7 @@ class ProxyOptions:
         hold: float | None = None,
         hold_non_streaming: float = HOLD_NON_STREAMING,
         ping_interval: float = PING_INTERVAL,
+        session_idle: float = SESSION_IDLE,
     ) -> ProxyOptions:
         """Validate everything before the proxy listens; a problem is one ConfigError."""
         folder = project_folder(project)
@@ -110,6 +119,7 @@ class ProxyOptions:
             hold=hold,
             hold_non_streaming=hold_non_streaming,
             ping_interval=ping_interval,
+            session_idle=session_idle,
         )
 
     def hold_for(self, policy: Policy, *, stream: bool) -> float:

@@ -37,7 +37,7 @@ from agentguard.proxy import answers
 from agentguard.proxy.credentials import trusted, usable
 from agentguard.proxy.hold import KeepAlive
 from agentguard.proxy.options import ProxyOptions
-from agentguard.proxy.sessions import AGENT_HEADER, Sessions, conversation_key
+from agentguard.proxy.sessions import AGENT_HEADER, Session, Sessions, conversation_key
 from agentguard.proxy.stream import LiveStream
 from agentguard.proxy.translated import CrossedError, Translated, anthropic_error
 from agentguard.proxy.upstream import (
@@ -48,6 +48,7 @@ from agentguard.proxy.upstream import (
     forwarded_headers,
 )
 from agentguard.records import StepInfo, info
+from agentguard.routes import Route
 from agentguard.step_types import Served, StepRequest
 from agentguard.store import Store, dumps
 
@@ -69,6 +70,7 @@ class ProxyServer:
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._checkpoints: set[asyncio.Future[Any]] = set()
+        self._sweeper: asyncio.Future[None] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -91,11 +93,25 @@ class ProxyServer:
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        if self.options.session_idle:
+            self._sweeper = asyncio.ensure_future(self._close_idle_sessions())
         return self.port
+
+    async def _close_idle_sessions(self) -> None:
+        """Every minute (or a quarter of the idle time), close the runs of quiet sessions."""
+        every = min(60.0, self.options.session_idle / 4)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                self.sessions.close_idle()
+            except Exception:
+                log.exception("agentguard proxy: closing idle sessions failed")
 
     async def stop(self) -> None:
         """Stop listening, end the streams in flight, close every run (completed)."""
         runner, self._runner = self._runner, None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if runner is not None:
             await runner.cleanup()
         if self.upstream is not None:
@@ -183,6 +199,25 @@ class ProxyServer:
             trusted_request=trusted(headers, self.options.accepted_keys),
         )
         session = self.sessions.session(kind, headers, data)
+        with self.sessions.in_use(session):
+            return await self._guarded(kind, request, incoming, data, session, requested, routes)
+
+    async def _guarded(
+        self,
+        kind: str,
+        request: web.Request,
+        incoming: Incoming,
+        data: dict[str, Any],
+        session: Session,
+        requested: Route,
+        routes: list[Route],
+    ) -> web.StreamResponse:
+        """The request as a step of its session's run, answered (passed on live, for a
+        stream)."""
+        assert self.upstream is not None
+        upstream = self.upstream
+        headers = incoming.header_map
+        messages = data["messages"]
         agent = headers.get(AGENT_HEADER)
         lane = f"{agent or 'main'}:{conversation_key(data)}"
 

@@ -18,7 +18,8 @@ each other's head.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ AGENT_HEADER = "x-claude-code-agent-id"
 class Session:
     guard: Guard
     lanes: dict[str, Head] = field(default_factory=dict)
+    last_used: float = 0.0  # the clock's monotonic seconds when its last request ended
+    busy: int = 0  # requests in flight (a held or streaming one included)
+    idle: bool = False  # its run was closed for want of requests; the next one reopens it
 
 
 def conversation_key(body: dict[str, Any]) -> str:
@@ -59,19 +63,53 @@ class Sessions:
         self._sessions: dict[tuple[str, str], Session] = {}
 
     def session(self, kind: str, headers: dict[str, str], body: dict[str, Any]) -> Session:
+        self.close_idle()
         session_id = headers.get(SESSION_HEADER)
         key = f"session:{session_id}" if session_id else f"conversation:{conversation_key(body)}"
         found = self._sessions.get((kind, key))
+        if found is not None and found.idle:  # back after a pause: the same run goes on
+            found.guard = self._new_guard(kind, found.guard.name, resume=found.guard.run_id)
+            found.idle = False
         if found is None:
             name = self.options.project.name
             label = f"session {session_id[:8]}" if session_id else "proxy"
-            found = Session(self._new_guard(kind, f"{name} ({label})"))
+            found = Session(
+                self._new_guard(kind, f"{name} ({label})"), last_used=self.options.monotonic()
+            )
             if session_id:  # how `agentguard statusline` finds the run of a Claude Code session
                 found.guard.event(None, "client_session", session_id=session_id)
             self._sessions[(kind, key)] = found
         return found
 
-    def _new_guard(self, kind: str, name: str) -> Guard:
+    @contextmanager
+    def in_use(self, session: Session) -> Iterator[Session]:
+        """Around a request of the session: it is not idle while the request lasts."""
+        session.busy += 1
+        try:
+            yield session
+        finally:
+            session.busy -= 1
+            session.last_used = self.options.monotonic()
+
+    def close_idle(self) -> list[str]:
+        """Close the runs of sessions without a request for `session_idle` seconds (their run
+        `completed`, with an event saying why); a later request of one reopens its run.
+        Returns the run ids closed."""
+        limit = self.options.session_idle
+        if not limit:
+            return []
+        now = self.options.monotonic()
+        closed = []
+        for session in self._sessions.values():
+            if session.idle or session.busy or now - session.last_used < limit:
+                continue
+            session.guard.event(None, "session_idle", idle_seconds=round(now - session.last_used))
+            session.guard.close()
+            session.idle = True
+            closed.append(session.guard.run_id)
+        return closed
+
+    def _new_guard(self, kind: str, name: str, *, resume: str | None = None) -> Guard:
         o = self.options
         return Guard(
             o.project,
@@ -85,6 +123,7 @@ class Sessions:
             max_file_bytes=o.max_file_bytes,
             secret_files=o.secret_files,
             store=self.store,
+            resume=resume,
         )
 
     async def step(
@@ -117,7 +156,8 @@ class Sessions:
 
     def close(self) -> None:
         for session in self._sessions.values():
-            session.guard.close()
+            if not session.idle:
+                session.guard.close()
         self._sessions.clear()
 
 
