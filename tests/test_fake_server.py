@@ -41,6 +41,7 @@ from agentguard.testing import (
     overloaded,
     stall,
 )
+from agentguard.testing.transport import Exchange
 
 KEY = "sk-test-fake-server-5d1c9e7a3b"
 CLAUDE = "claude-opus-4-7"
@@ -391,6 +392,31 @@ def test_stop_does_not_hang_on_stalled_connections() -> None:
     assert [type(e) for e in raised_1] == [anthropic.APIConnectionError]
     assert [type(e) for e in raised_2] == [httpx2.RemoteProtocolError]
     fake.stop()  # idempotent
+
+
+def test_a_paced_stream_waits_between_its_events(
+    fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ok(interval=…): the fake waits that long before each event after the first (the waits
+    are recorded here, not slept), and the answer is the same as an unpaced one."""
+    slept: list[float] = []
+    monkeypatch.setattr(Exchange, "sleep", lambda _self, seconds: slept.append(seconds))
+    turn = Turn(text="one two three")
+    fake.script(ok(turn, interval=0.25), ok(turn))
+    body = {"model": CLAUDE, "max_tokens": 64, "messages": HI, "stream": True}
+    paced, plain = (
+        httpx2.post(f"{fake.base_url}/v1/messages", json=body, headers={"x-api-key": KEY}).text
+        for _ in range(2)
+    )
+    assert slept == [0.25] * (paced.count("event: ") - 1)
+    assert paced.replace(_ids(paced), "") == plain.replace(_ids(plain), "")
+    with pytest.raises(ValueError, match="interval must be >= 0"):
+        ok(interval=-1)
+
+
+def _ids(sse: str) -> str:
+    """The message id of a streamed answer (the fake numbers its answers)."""
+    return sse.split('"id":"', 1)[1].split('"', 1)[0]
 
 
 def test_a_burst_of_concurrent_streams_is_served(fake: FakeProvider) -> None:

@@ -63,7 +63,9 @@ def _stream(
     events = wire.events(turn, ctx)
     ex.start(200, {**headers, "content-type": SSE, "cache-control": "no-cache"}, length=None)
     if reply.kind == "ok":
-        for event in events:
+        for n, event in enumerate(events):
+            if n and reply.interval:
+                ex.sleep(reply.interval)
             ex.write_chunk(event)
         ex.end_chunks()
         return

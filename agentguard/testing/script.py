@@ -110,6 +110,7 @@ class Reply:
     after_events: int = 0
     before_headers: bool = False
     served_model: str | None = None  # answer as this model, not the one asked for
+    interval: float = 0.0  # a streamed answer: seconds between two of its events
 
     def sent_as(self, stream: bool) -> Reply:
         """The reply as it applies to this request: a mid-stream error without a stream is an
@@ -139,12 +140,19 @@ def _check_non_negative(**values: float) -> None:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def ok(turn: Turn | None = None, *, latency: float = 0.0, served_model: str | None = None) -> Reply:
+def ok(
+    turn: Turn | None = None,
+    *,
+    latency: float = 0.0,
+    served_model: str | None = None,
+    interval: float = 0.0,
+) -> Reply:
     """A normal answer: `turn`, or whatever the provider's scripted model says when None.
     `served_model`: the answer names another model than the request did, as a gateway that
-    falls back on its side does."""
-    _check_non_negative(latency=latency)
-    return Reply("ok", turn=turn, latency=latency, served_model=served_model)
+    falls back on its side does. `interval`: a streamed answer's events come this many seconds
+    apart, as a model's tokens do (0: all at once)."""
+    _check_non_negative(latency=latency, interval=interval)
+    return Reply("ok", turn=turn, latency=latency, served_model=served_model, interval=interval)
 
 
 def error(
