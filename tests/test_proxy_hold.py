@@ -23,6 +23,7 @@ import pytest
 
 from agentguard.breaker import BreakerSettings
 from agentguard.commands.statusline import status_line
+from agentguard.policy import resolve_policy
 from agentguard.proxy import ProxyThread
 from agentguard.store import Store
 from agentguard.testing import FakeProvider, Turn, ok, overloaded, stall
@@ -102,7 +103,7 @@ def test_a_held_stream_gets_pings_then_the_answer_when_the_primary_recovers(
         frames = list(sse_frames(response.iter_lines()))
     names = [name for name, _ in frames]
     first_start = names.index("message_start")
-    assert first_start >= 3 and set(names[:first_start]) == {"ping"}  # 26 s held: 3 pings
+    assert first_start == 2 and set(names[:first_start]) == {"ping"}  # 26 s held: at 10 s, 20 s
     assert all(json.loads(data) == {"type": "ping"} for name, data in frames if name == "ping")
     assert names.count("message_start") == 1 and names[-1] == "message_stop"
     text = "".join(
@@ -206,6 +207,60 @@ def test_a_held_stream_past_its_deadline_ends_with_the_providers_error_event(
             seen.append(event.type)
     assert seen == [] and caught.value.body["error"]["type"] == "overloaded_error"
     assert {s["status"] for s in rows(home, "select * from steps")} == {"waiting"}
+
+
+def test_a_hold_shorter_than_the_ping_interval_sends_the_providers_own_response(
+    start, fake, home
+) -> None:
+    """Nothing goes to the client before the first ping is due: a short hold ends in the
+    provider's own status and headers, and a failure is still a status with no retry."""
+    proxy = start(policy=FORBID, ping_interval=30.0)
+    fake.script(*storm(ATTEMPTS + 1), ok(Turn(text="soon")))
+    with stream_raw(proxy) as response:
+        assert response.status_code == 200
+        assert response.headers["request-id"] == fake.requests[-1].request_id
+        names = [name for name, _ in sse_frames(response.iter_lines())]
+    assert names[0] == "message_start" and names[-1] == "message_stop"  # no ping before it
+    assert rows(home, "select * from events where kind = 'step_held'")  # it was held
+
+    proxy = start(policy=FORBID, hold=5.0, ping_interval=30.0)
+    fake.set_faults(lambda model: overloaded())
+    with stream_raw(proxy) as response:
+        assert response.status_code == 529
+        assert response.headers["x-should-retry"] == "false"
+        response.read()
+        assert response.json()["error"]["type"] == "overloaded_error"
+
+
+def test_the_unstreamed_resend_after_a_held_stream_gave_up_is_not_held_again(
+    start, fake, home
+) -> None:
+    """A held stream that reaches its deadline can only end in an SSE error, which carries no
+    `x-should-retry`; Claude Code then resends the request without streaming. That resend is
+    an ordinary step (its retries within its deadline), not held a second time, and its
+    failure is a 529 with `x-should-retry: false`."""
+    proxy = start(policy=FORBID, hold=40.0)
+    fake.set_faults(lambda model: overloaded())
+    with stream_raw(proxy) as response:
+        frames = list(sse_frames(response.iter_lines()))
+    assert frames[0][0] == "ping" and frames[-1][0] == "error"
+    sent = len(fake.requests)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude(proxy).messages.create(**ask())
+    assert caught.value.status_code == 529
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    first, resend = rows(home, "select * from steps order by id")
+    held = rows(home, "select step_id from events where kind = 'step_held'")
+    assert [e["step_id"] for e in held] == [first["id"]]
+    step_deadline = resolve_policy(FORBID).step_deadline
+    # an ordinary step: its retries, then the breaker's probes within its deadline, no hold
+    assert len(fake.requests) - sent <= ATTEMPTS + step_deadline / COOLDOWN + 1
+    assert resend["status"] == "waiting" and "hold" not in resend["error"]
+    # a new request of another conversation is held as usual
+    fake.script(*storm(ATTEMPTS + 1), ok(Turn(text="held")))
+    fake.set_faults(None)
+    other = claude(proxy).messages.create(**{**ask("something else")})
+    assert other.content[0].text == "held"
 
 
 # -- while it is held ---------------------------------------------------------------------------

@@ -3,13 +3,16 @@
 When a step's routes are down (or, under `forbid`, its retries are spent) the step is held
 (`Guard.step(..., hold=…)`): it waits for the breaker's next probe and tries again, until the
 hold deadline, instead of failing the client's request. A streaming client is kept alive
-meanwhile: at the hold's first wait the response starts (200, `text/event-stream`, the run and
-step headers) with a `ping` event — `event: ping` / `data: {"type": "ping"}` for Anthropic
-clients (Claude Code and the SDKs skip pings before `message_start`), an SSE comment for
-OpenAI ones — and another every `interval` seconds while the step waits. When a route answers,
-its stream follows on the same response exactly as a normal one (`message_start` after the
-pings). Nothing is sent before the hold begins: until then a failure is still answered with
-the provider's own status and `x-should-retry: false`.
+meanwhile: once the step has been held `interval` seconds the response starts (200,
+`text/event-stream`, the run and step headers) with a `ping` event — `event: ping` /
+`data: {"type": "ping"}` for Anthropic clients (Claude Code and the SDKs skip pings before
+`message_start`), an SSE comment for OpenAI ones — and another every `interval` seconds while
+the step waits. When a route answers, its stream follows on the same response exactly as a
+normal one (`message_start` after the pings). Until the first ping nothing is sent: a hold
+shorter than `interval` ends in the provider's own response, its headers and status, and a
+failure is still answered with the provider's status and `x-should-retry: false`. Once pings
+have gone, the provider's headers cannot follow (the run and step headers say where the
+answer is recorded, its request-id included), and a failure can only be an SSE `error` event.
 
 Pings during the step's waits follow the step's clock (the one injected into the proxy, so a
 test's fake clock drives them); during an attempt in flight (a probe the provider is slow to
@@ -69,9 +72,17 @@ class KeepAlive:
         return self.response is not None
 
     def saw(self, action: Any) -> None:
-        """Every action of the step's plan passes here: a Hold starts the keep-alive."""
-        if isinstance(action, Hold):
+        """Every action of the step's plan passes here: a Hold starts the keep-alive clock."""
+        if isinstance(action, Hold) and not self.held:
             self.held = True
+            self._last = self.clock.monotonic()  # the first ping is due `interval` from here
+
+    async def keep_alive(self) -> None:
+        """The ping that is due: the first one starts the response."""
+        if self.started:
+            await self.ping()
+        else:
+            await self.start()
 
     async def start(self) -> None:
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
@@ -120,15 +131,16 @@ class KeepAlive:
 
     def call_for(self, call: Callable[[Call], Awaitable[Any]]) -> Callable[[Call], Awaitable[Any]]:
         async def pinging(action: Call) -> Any:
-            if not self.started:
+            if not self.held:
                 return await call(action)
             task = asyncio.ensure_future(call(action))
             try:
                 while True:
-                    done, _ = await asyncio.wait({task}, timeout=self.interval)
+                    due = self._last + self.interval - self.clock.monotonic()
+                    done, _ = await asyncio.wait({task}, timeout=max(due, 0.0))
                     if done:
                         return task.result()
-                    await self.ping()
+                    await self.keep_alive()
             except BaseException:
                 task.cancel()
                 await asyncio.wait({task})  # the attempt closes its upstream response
@@ -139,14 +151,13 @@ class KeepAlive:
         return pinging
 
     async def sleep(self, seconds: float, wake: Callable[[], bool] | None) -> float:
-        """Sleep on the step's clock, a ping whenever `interval` has passed since the last."""
-        if not self.started:
-            await self.start()
+        """Sleep on the step's clock, a ping whenever `interval` has passed since the last
+        (or since the hold began: a hold shorter than that sends the client nothing)."""
         waited = 0.0
         while (left := seconds - waited) > _EPSILON:
             due = self._last + self.interval - self.clock.monotonic()
             if due <= _EPSILON:  # (a float's rounding never leaves a sliver to sleep)
-                await self.ping()
+                await self.keep_alive()
                 continue
             chunk = min(left, due)
             if wake is None:

@@ -56,6 +56,9 @@ log = logging.getLogger("agentguard.proxy")
 
 MAX_BODY = 32 * 1024 * 1024  # the Messages API's own limit
 _LOCAL_HEAD = frozenset({"/", "/api/hello"})
+# A request of a conversation whose held stream ended in an error this recently (seconds) is
+# its client's resend: it is not held again.
+RESEND_WINDOW = 120.0
 _MODEL_CALLS = {"/v1/messages": "anthropic", "/v1/chat/completions": "openai"}
 
 
@@ -248,7 +251,7 @@ class ProxyServer:
                 routes,
                 lambda call: upstream.attempt(call.route, requested, incoming),
                 started,
-                hold=self.options.hold_for(guard.policy, stream=stream),
+                hold=self._hold(session, lane, len(messages), guard, stream),
                 keeper=keeper,
             )
         except asyncio.CancelledError:
@@ -269,6 +272,7 @@ class ProxyServer:
                 return await keeper.unexpected(
                     "agentguard proxy: internal error (see the proxy's log)"
                 )
+            session.gave_up[lane] = (len(messages), self.options.monotonic())
             return await keeper.fail(bytes(failure.body or b""))
         step_info = info(value)
         checkpoint = self._join_checkpoint(guard, step_info.step_id)
@@ -294,6 +298,17 @@ class ProxyServer:
             )
         assert isinstance(value, LiveStream)
         return await self._pass_stream(request, value, marks, guard, step_info, held)
+
+    def _hold(self, session: Session, lane: str, length: int, guard: Guard, stream: bool) -> float:
+        """How long this request may be held. Not at all when it resends a request whose held
+        stream just ended in an error event (Claude Code resends such a request unstreamed):
+        the wait was spent on it already, and an error event could not say `x-should-retry`."""
+        gave_up = session.gave_up.pop(lane, None)
+        if gave_up is not None:
+            count, when = gave_up
+            if count == length and self.options.monotonic() - when <= RESEND_WINDOW:
+                return 0.0
+        return self.options.hold_for(guard.policy, stream=stream)
 
     def _join_checkpoint(self, guard: Guard, step_id: int) -> asyncio.Future[Any]:
         """The step's tree checkpoint, recorded once its snapshot is done (a streamed step is

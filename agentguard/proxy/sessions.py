@@ -43,6 +43,8 @@ class Session:
     last_used: float = 0.0  # the clock's monotonic seconds when its last request ended
     busy: int = 0  # requests in flight (a held or streaming one included)
     idle: bool = False  # its run was closed for want of requests; the next one reopens it
+    # lane → (messages, when): its held stream ended in an error event (see server._hold)
+    gave_up: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 def conversation_key(body: dict[str, Any]) -> str:
