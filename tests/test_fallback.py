@@ -362,3 +362,49 @@ def test_an_invalid_config_file_names_the_field(fake, project):
     (project / "agentguard.toml").write_text("chain = [\n")
     with pytest.raises(agentguard.ConfigError, match=r"agentguard.toml is not valid TOML"):
         agentguard.wrap(anthropic_client(fake), project=project)
+
+
+def test_a_library_step_that_crosses_providers_is_fitted_to_the_route(
+    fake, guarded, home, monkeypatch
+):
+    """The library's fallback sends another provider only what it accepts, like the proxy:
+    max_tokens clamped to the model's output limit, DeepSeek's thinking mode turned off
+    (through the SDK's extra_body), each change named in the step's translation_dropped."""
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-test-key")
+    monkeypatch.setenv("GEMINI_API_KEY", "gemini-test-key")
+    gemini = {"provider": "gemini", "model": "gemini-2.5-pro", "base_url": fake.openai_base_url}
+    deepseek = {
+        "provider": "deepseek",
+        "model": "deepseek-v4-pro",
+        "base_url": fake.openai_base_url,
+    }
+    tools = [
+        {
+            "name": "read_file",
+            "description": "read",
+            "input_schema": {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "properties": {"path": {"type": "string"}},
+                "additionalProperties": False,
+            },
+        }
+    ]
+    fake.script(*storm(), model=OPUS)
+    client = guarded(chain=[f"anthropic:{OPUS}", gemini])
+    answer = client.messages.create(
+        model=OPUS, max_tokens=128000, messages=[user("fix the bug")], tools=tools
+    )
+    assert agentguard.info(answer).served_model == "gemini-2.5-pro"
+    sent = fake.requests[-1].body
+    assert sent["max_tokens"] == 65536
+    schema = sent["tools"][0]["function"]["parameters"]
+    assert "$schema" not in schema and "additionalProperties" not in schema
+    [dropped] = events(home, "translation_dropped")
+    assert any("65536" in note for note in dropped["dropped"])
+
+    fake.script(*storm(), model=OPUS)
+    client = guarded(chain=[f"anthropic:{OPUS}", deepseek])
+    client.messages.create(model=OPUS, max_tokens=1024, messages=[user("again")])
+    sent = fake.requests[-1].body
+    assert sent["thinking"] == {"type": "disabled"} and sent["model"] == "deepseek-v4-pro"

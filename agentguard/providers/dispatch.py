@@ -19,7 +19,7 @@ from anthropic.lib.streaming import AsyncMessageStream, MessageStream
 from openai import AsyncOpenAI, OpenAI
 
 from agentguard.errors import ConfigError
-from agentguard.providers import synthesize, translate
+from agentguard.providers import limits, synthesize, translate
 from agentguard.providers.anthropic import AnthropicProvider, AsyncReplayStream, ReplayStream
 from agentguard.providers.openai import AsyncOpenAIReplayStream, OpenAIProvider, OpenAIReplayStream
 from agentguard.routes import Route
@@ -42,6 +42,7 @@ class Face(StrEnum):
 
 
 # Parameters that only make sense to the provider they were written for.
+_OPENAI_EXTRA_BODY = frozenset({"thinking"})
 _NATIVE_ONLY = ("extra_headers", "extra_query", "extra_body", "metadata", "stream_options")
 
 
@@ -128,9 +129,15 @@ class Dispatcher:
             )
         else:
             done = translate.openai_to_anthropic_request(portable, model=route.model)
+        body, fitted = limits.fit(route, done.body)  # never a request the route will reject
+        if route.kind == "openai":
+            # fields the openai SDK has no keyword for (DeepSeek's `thinking`) go as extra_body
+            extra = {k: body.pop(k) for k in [k for k in body if k in _OPENAI_EXTRA_BODY]}
+            if extra:
+                body["extra_body"] = extra
         if "timeout" in params:
-            done.body["timeout"] = params["timeout"]
-        return done.body, done.dropped
+            body["timeout"] = params["timeout"]
+        return body, [*done.dropped, *fitted]
 
     def _dress(self, face: Face, served: Served, dropped: list[str], output_format: Any) -> Served:
         """Turn another provider's answer into the caller's own SDK type."""
