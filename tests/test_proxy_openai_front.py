@@ -101,6 +101,7 @@ def test_a_completion_falls_back_to_an_anthropic_route_and_comes_back_openai(
     assert isinstance(completion, openai.types.chat.ChatCompletion)
     assert completion.model == SONNET
     assert raw.headers["x-agentguard-served-model"] == SONNET
+    assert completion._request_id == claude_side.requests[-1].request_id  # x-request-id
     assert completion.choices[0].message.content == "It adds two numbers."
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0

@@ -379,7 +379,7 @@ async def _send_translated(
 ) -> web.StreamResponse:
     """Another provider's answer, translated: Anthropic SSE events for a streamed request
     (into the held response when there is one), the message's JSON otherwise."""
-    ids = [("request-id", value.request_id)] if value.request_id else []
+    ids = [(value.request_id_header, value.request_id)] if value.request_id else []
     if not stream:
         headers = _headers([("content-type", answers.JSON), *ids, *marks])
         return web.Response(status=200, headers=headers, body=value.json_body())

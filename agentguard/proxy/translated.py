@@ -64,6 +64,8 @@ class CrossedError(UpstreamError):
 class Translated:
     """What the client gets from a translated step: an Anthropic message (JSON)."""
 
+    request_id_header = "request-id"  # where the client's SDK looks for it
+
     def __init__(self, message: dict[str, Any], request_id: str | None) -> None:
         self.message = message
         self.request_id = request_id

@@ -65,6 +65,8 @@ _ANSWERED = ("text", "tool_use")  # the content blocks a Chat Completion can car
 class TranslatedCompletion(Translated):
     """What an OpenAI client gets from a translated step: a Chat Completion."""
 
+    request_id_header = "x-request-id"
+
     def __init__(
         self, completion: dict[str, Any], request_id: str | None, *, include_usage: bool
     ) -> None:
