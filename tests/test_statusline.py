@@ -237,10 +237,11 @@ def test_the_command_as_a_process_prints_one_line_quickly(
         print(f"\nstatusline ms: {', '.join(f'{k} {v:.1f}' for k, v in timings.items())}")
 
 
-def test_the_lookup_stays_fast_in_a_big_store(
-    guarded: Callable[..., Any], fake: FakeProvider, home: Path, capsys: pytest.CaptureFixture[str]
+def test_the_lookup_finds_the_run_in_a_big_store(
+    guarded: Callable[..., Any], fake: FakeProvider, home: Path
 ) -> None:
-    """2,000 other runs and 60,000 events besides the session's: still a few milliseconds."""
+    """2,000 other runs and 60,000 events besides the session's: its run is still the one found
+    (how long the lookup takes there is a benchmark figure: benchmarks/statusline.py)."""
     client = guarded(run="the-proxy-run")
     client.agentguard.event(None, statusline.SESSION_EVENT, session_id=SESSION)
     fake.script(overloaded())
@@ -256,13 +257,7 @@ def test_the_lookup_stays_fast_in_a_big_store(
             for i in range(60000)
         )
     store.close()
-    started = time.perf_counter()
-    for _ in range(20):
-        assert statusline.status_line(session(), str(home)) == "agentguard ✓ opus-4-7 · 1 retry"
-    ms = (time.perf_counter() - started) * 1000 / 20
-    with capsys.disabled():
-        print(f"\nstatusline lookup in a big store: {ms:.1f} ms")
-    assert ms < 100
+    assert statusline.status_line(session(), str(home)) == "agentguard ✓ opus-4-7 · 1 retry"
 
 
 def test_claude_code_shows_the_line_for_its_session(
