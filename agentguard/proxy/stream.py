@@ -16,6 +16,7 @@ from typing import Any
 import httpx2
 
 from agentguard.proxy import answers, sse
+from agentguard.proxy.http_client import Response
 
 
 class LiveStream:
@@ -26,7 +27,7 @@ class LiveStream:
         headers: list[tuple[str, str]],
         held: list[sse.Event],
         rest: AsyncIterator[sse.Event],
-        response: httpx2.Response,
+        response: Response,
     ) -> None:
         self.kind = kind
         self.status = status
@@ -81,7 +82,7 @@ class LiveStream:
         await close_quietly(self._response)
 
 
-async def close_quietly(response: httpx2.Response) -> None:
+async def close_quietly(response: Response) -> None:
     """Close an upstream response even while our own task is being cancelled (the client went
     away): the close runs shielded, so the connection is released either way."""
     closing = asyncio.ensure_future(response.aclose())

@@ -31,6 +31,7 @@ import httpx2
 
 from agentguard.classify import UpstreamError
 from agentguard.providers import limits, synthesize, translate
+from agentguard.proxy.http_client import HttpClient
 from agentguard.proxy.upstream import Incoming
 from agentguard.routes import Route
 from agentguard.step_types import Served
@@ -127,7 +128,7 @@ def url_of(route: Route) -> str:
     return f"{(route.base_url or '').rstrip('/')}/chat/completions"
 
 
-async def attempt(client: httpx2.AsyncClient, route: Route, incoming: Incoming) -> Served:
+async def attempt(client: HttpClient, route: Route, incoming: Incoming) -> Served:
     """One attempt on a route of the other wire format: a Served whose value is a `Translated`
     answer in the client's format, or the provider's failure raised (its own error, for the
     classifier)."""

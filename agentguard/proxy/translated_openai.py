@@ -33,6 +33,7 @@ import httpx2
 
 from agentguard.providers import limits, synthesize, translate
 from agentguard.proxy import sse
+from agentguard.proxy.http_client import HttpClient, Response
 from agentguard.proxy.options import ANTHROPIC_URL
 from agentguard.proxy.stream import close_quietly
 from agentguard.proxy.translated import CrossedError, Translated
@@ -113,7 +114,7 @@ def url_of(route: Route) -> str:
     return f"{(route.base_url or ANTHROPIC_URL).rstrip('/')}/v1/messages"
 
 
-async def attempt(client: httpx2.AsyncClient, route: Route, incoming: Incoming) -> Served:
+async def attempt(client: HttpClient, route: Route, incoming: Incoming) -> Served:
     """One attempt on an Anthropic route for an OpenAI request: a Served whose value is a
     `TranslatedCompletion`, or the provider's failure raised (in OpenAI's shape, for the
     classifier and the client)."""
@@ -164,7 +165,7 @@ async def attempt(client: httpx2.AsyncClient, route: Route, incoming: Incoming) 
     )
 
 
-async def _message(route: Route, response: httpx2.Response) -> dict[str, Any]:
+async def _message(route: Route, response: Response) -> dict[str, Any]:
     """The Anthropic message the answer carries: a stream read to its `message_stop` (an
     `error` event on the way is this attempt's failure), or a JSON body from a server that
     did not stream."""

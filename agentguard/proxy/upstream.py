@@ -18,6 +18,7 @@ import httpx2
 
 from agentguard.classify import UpstreamError
 from agentguard.proxy import credentials, sse
+from agentguard.proxy.http_client import HttpClient, Response
 from agentguard.proxy.stream import LiveStream, close_quietly
 from agentguard.routes import Route
 from agentguard.step_types import Served
@@ -38,7 +39,6 @@ HOP_BY_HOP = frozenset(
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
-TIMEOUT = httpx2.Timeout(600.0, connect=10.0, read=300.0)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def forwarded_headers(raw: Any) -> list[tuple[str, str]]:
     ]
 
 
-def returned_headers(response: httpx2.Response) -> list[tuple[str, str]]:
+def returned_headers(response: Response) -> list[tuple[str, str]]:
     return [
         (name, value)
         for name, value in response.headers.multi_items()
@@ -113,8 +113,8 @@ def body_for(route: Route, requested: Route, incoming: Incoming) -> bytes:
 class Upstream:
     """The proxy's HTTP client to every route (one connection pool)."""
 
-    def __init__(self, client: httpx2.AsyncClient | None = None) -> None:
-        self.client = client or httpx2.AsyncClient(timeout=TIMEOUT)
+    def __init__(self, client: HttpClient | None = None) -> None:
+        self.client = client or HttpClient()
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -158,7 +158,7 @@ class Upstream:
             raise
 
 
-def served_whole(route: Route, response: httpx2.Response, body: bytes) -> Served:
+def served_whole(route: Route, response: Response, body: bytes) -> Served:
     """A JSON answer: the whole body is the answer, recorded as it came."""
     answer = Answer(response.status_code, returned_headers(response), body)
     data: Any
@@ -187,7 +187,7 @@ def served_whole(route: Route, response: httpx2.Response, body: bytes) -> Served
     )
 
 
-async def open_stream(route: Route, response: httpx2.Response) -> Served:
+async def open_stream(route: Route, response: Response) -> Served:
     """Read the stream up to its first content event. A failure before it is this attempt's
     failure (retried invisibly); from it on, the stream belongs to the client."""
     events = sse.events(response.aiter_bytes())
@@ -212,5 +212,5 @@ async def open_stream(route: Route, response: httpx2.Response) -> Served:
     )
 
 
-def _request_id(response: httpx2.Response) -> str | None:
+def _request_id(response: Response) -> str | None:
     return response.headers.get("request-id") or response.headers.get("x-request-id")
