@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run, one table, saved as JSON with the machine.
 
-python -m benchmarks.run                  everything (about 15 minutes)
-python -m benchmarks.run --quick          smaller trees, agentguard-only goodput
+python -m benchmarks.run                  everything (about 20 minutes)
+python -m benchmarks.run --quick          smaller trees, fewer requests, agentguard-only goodput
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import checkpoint, conversation, goodput, resume, tui_scale
+from benchmarks import checkpoint, conversation, goodput, proxy, resume, statusline, tui_scale
 from benchmarks.common import Report
 
 
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         ("conversation", conversation.main),
         ("resume", resume.main),
         ("tui_scale", lambda: tui_scale.main(["--runs", "1000"] if args.quick else [])),
+        ("statusline", statusline.main),
+        ("proxy", lambda: proxy.main(args.quick)),
         (
             "goodput",
             lambda: goodput.main(
