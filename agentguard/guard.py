@@ -12,12 +12,14 @@ tree around a step (`tree_keeping`), and every other row a step writes (`step_re
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
 import random
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +48,7 @@ from agentguard.step_recording import StepRecording
 from agentguard.step_types import RouteFailure, Served, StepRequest, StepState, summarize
 from agentguard.store import Store
 from agentguard.tree_keeping import TreeKeeping
+from agentguard.user_repo import StateReader
 
 log = logging.getLogger("agentguard")
 _PROBE_FAILED = "probe failed"
@@ -103,12 +106,13 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             if snapshots
             else None
         )
+        self._git_reader = StateReader(self.project)
         self._head = Head()
         self._last_status = "running"
         self._held: set[int] = set()  # steps waiting in hold mode (the run shows `waiting`)
         self._deferred: dict[int, StepState] = {}  # served steps whose snapshot is still running
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="agentguard-git", initializer=leave_signals_to_caller
+            max_workers=1, thread_name_prefix="agentguard-git", initializer=background_thread
         )
         now = self.clock.now()
         alive = {
@@ -704,10 +708,26 @@ _CALLER_SIGNALS = {
 }
 
 
+SNAPSHOT_NICENESS = 10  # added to the process's own; 19 is the lowest priority
+
+
 def leave_signals_to_caller() -> None:
     """Run at the start of agentguard's own threads: they never take the caller's signals."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_BLOCK, _CALLER_SIGNALS)
+
+
+def background_thread() -> None:
+    """Run at the start of the snapshot thread: no caller's signals, and a lower CPU priority
+    (Linux gives each thread its own; the git processes it starts inherit it). A snapshot
+    runs beside the model call it checkpoints; on a busy machine the agent, its provider's
+    answer and a proxy's event loop go first."""
+    leave_signals_to_caller()
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        with contextlib.suppress(OSError):
+            thread = threading.get_native_id()
+            niceness = os.getpriority(os.PRIO_PROCESS, thread) + SNAPSHOT_NICENESS
+            os.setpriority(os.PRIO_PROCESS, thread, min(niceness, 19))
 
 
 def project_folder(project: str | os.PathLike[str]) -> Path:

@@ -31,6 +31,7 @@ class RunLifecycle:
     _last_status: str
     _executor: ThreadPoolExecutor
     _deferred: dict[int, Any]
+    _git_reader: Any  # user_repo.StateReader
     join_checkpoint: Callable[[int], StepPlan]  # Guard.join_checkpoint
     event: Callable[..., None]  # StepRecording.event
 
@@ -60,6 +61,7 @@ class RunLifecycle:
         for step_id in list(self._deferred):  # a stream's snapshot still running: record it
             drive(self.join_checkpoint(step_id), _no_calls, self.clock)
         self._executor.shutdown(wait=True)
+        self._git_reader.close()
         final = status or ("completed" if self._last_status == "running" else self._last_status)
         now = self.clock.now()
         self.store.update_run(self.run_id, status=final, updated_at=now, ended_at=now)

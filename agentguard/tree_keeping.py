@@ -17,7 +17,7 @@ from agentguard.routes import Route
 from agentguard.snapshots import ShadowRepo, Snapshot
 from agentguard.step_types import StepState
 from agentguard.store import Store, dumps
-from agentguard.user_repo import GitState, columns, read_state
+from agentguard.user_repo import GitState, StateReader, columns
 
 log = logging.getLogger("agentguard")
 
@@ -39,6 +39,7 @@ class TreeKeeping:
     project: Path
     shadow: ShadowRepo | None
     _executor: ThreadPoolExecutor
+    _git_reader: StateReader  # the user's repository, read on the snapshot thread only
     event: Callable[..., None]  # StepRecording.event
 
     def _snapshot_step(self, message: str, ref: str) -> Snapshot:
@@ -47,7 +48,7 @@ class TreeKeeping:
         assert self.shadow is not None
         snap = self.shadow.snapshot(message, ref=ref)
         kept = {f.name: getattr(snap, f.name) for f in fields(Snapshot)}
-        git = read_state(self.project, snapshot_tree=snap.tree, complete=not snap.skipped)
+        git = self._git_reader.read(snapshot_tree=snap.tree, complete=not snap.skipped)
         return Checkpoint(**kept, git=git)
 
     def _join_snapshot(self, state: StepState) -> Generator[PlanAction, Any, None]:

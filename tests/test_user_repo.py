@@ -408,3 +408,55 @@ def test_an_unmoved_project_resumes_without_being_asked(capsys, guarded, project
     code, _, err = cli(capsys, "resume", client.run_id)
     assert code == 0, err
     assert (project / "app.py").read_text() == ORIGINAL
+
+
+def test_a_reader_kept_open_between_checkpoints_sees_every_move(project: Path) -> None:
+    """The guard keeps one StateReader (GitPython's Repo and its git processes stay open); a
+    commit, a branch switch, a detached HEAD and new files between readings are all seen."""
+    from agentguard.user_repo import StateReader
+
+    reader = StateReader(project)
+    try:
+        first = reader.read()
+        assert first is not None and (first.branch, first.dirty) == ("main", False)
+        (project / "app.py").write_text("def add(a, b):\n    return a + b\n")
+        assert reader.read() == GitState("main", first.head, True)
+        git(project, "commit", "-qam", "fix")
+        git(project, "checkout", "-q", "-b", "feature/x")
+        moved = reader.read()
+        assert moved is not None and moved.branch == "feature/x" and moved.head != first.head
+        assert not moved.dirty
+        git(project, "checkout", "-q", "--detach", "HEAD")
+        detached = reader.read()
+        assert detached == GitState(None, moved.head, False)
+        (project / "new.txt").write_text("untracked\n")
+        assert reader.read() == GitState(None, moved.head, True)
+    finally:
+        reader.close()
+    assert reader.read() is not None  # closed: the next reading opens it again
+    reader.close()
+
+
+def test_the_snapshot_thread_runs_at_a_lower_priority(project: Path, home: Path) -> None:
+    """A snapshot runs beside the model call; on a busy machine the agent (and a proxy's event
+    loop) go first: the snapshot thread, and the git it starts, are niced."""
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no thread priorities on this platform")
+    import threading
+
+    guard = agentguard.Guard(project)
+    try:
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        theirs = guard._executor.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result()
+        child = guard._executor.submit(
+            lambda: subprocess.run(
+                ["sh", "-c", "cut -d' ' -f19 /proc/self/stat"], capture_output=True, text=True
+            ).stdout.strip()
+        ).result()
+    finally:
+        guard.close()
+    assert theirs == min(mine + 10, 19)
+    if child:  # Linux: the git processes it starts inherit it
+        assert int(child) == theirs
