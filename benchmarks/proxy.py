@@ -69,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -929,6 +930,7 @@ def litellm_proxy(workdir: Path, upstream: str) -> tuple[Process | None, str]:
 def main(quick: bool = False, *, litellm: bool = True) -> Report:
     sizes = QUICK if quick else FULL
     report = Report()
+    started_at = _agentguard_version()
     workdir = Path(tempfile.mkdtemp(prefix="agentguard-bench-proxy-"))
     anchor: Process | None = None
     try:
@@ -978,7 +980,24 @@ def main(quick: bool = False, *, litellm: bool = True) -> Report:
         if anchor is not None:
             anchor.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    if (ended_at := _agentguard_version()) != started_at:
+        report.add(
+            "proxy",
+            "this run",
+            "agentguard changed while it ran",
+            0,
+            "",
+            note=f"commit and edits {started_at} at the start, {ended_at} at the end: the "
+            "saved run names the end's",
+        )
     return report
+
+
+def _agentguard_version() -> str:
+    """The checkout's commit, and a digest of its uncommitted edits under agentguard/."""
+    head = git(ROOT, "rev-parse", "--short", "HEAD")
+    edits = git(ROOT, "diff", "HEAD", "--", "agentguard")
+    return f"{head}+edits {zlib.crc32(edits.encode()):08x}" if edits else head
 
 
 if __name__ == "__main__":
