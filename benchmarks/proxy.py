@@ -980,24 +980,28 @@ def main(quick: bool = False, *, litellm: bool = True) -> Report:
         if anchor is not None:
             anchor.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    if (ended_at := _agentguard_version()) != started_at:
+    ended_at = _agentguard_version()
+    if ended_at.partition(" ")[2] != started_at.partition(" ")[2]:  # agentguard/ itself
         report.add(
             "proxy",
             "this run",
             "agentguard changed while it ran",
             0,
             "",
-            note=f"commit and edits {started_at} at the start, {ended_at} at the end: the "
-            "saved run names the end's",
+            note=f"{started_at} at the start, {ended_at} at the end: the saved run names the "
+            "end's commit",
         )
     return report
 
 
 def _agentguard_version() -> str:
-    """The checkout's commit, and a digest of its uncommitted edits under agentguard/."""
+    """The commit, the tree of agentguard/ in it and a digest of its uncommitted edits there."""
     head = git(ROOT, "rev-parse", "--short", "HEAD")
+    tree = git(ROOT, "rev-parse", "--short", "HEAD:agentguard")
     edits = git(ROOT, "diff", "HEAD", "--", "agentguard")
-    return f"{head}+edits {zlib.crc32(edits.encode()):08x}" if edits else head
+    return f"{head} (agentguard/ {tree}" + (
+        f" + edits {zlib.crc32(edits.encode()):08x})" if edits else ")"
+    )
 
 
 if __name__ == "__main__":
