@@ -211,6 +211,10 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             raise
         return self._finish(state, served, route, failed)
 
+    def checkpoint_pending(self, step_id: int) -> bool:
+        """A step handed over before its tree snapshot was done (see `join_checkpoint`)."""
+        return step_id in self._deferred
+
     def join_checkpoint(self, step_id: int) -> StepPlan:
         """Wait for a deferred step's tree snapshot and record it (a plan: `Join` only)."""
         state = self._deferred.get(step_id)

@@ -221,3 +221,25 @@ def test_a_conversation_parsed_anew_is_not_stored_again() -> None:
     assert step.base_len == 2
     assert [row["position"] for row in step.new] == [2]
     assert step.shas[:2] == known.shas
+
+
+def test_a_body_orjson_refuses_but_json_allows_is_still_a_guarded_step(
+    start_proxy: Callable[..., ProxyThread], fake: FakeProvider, home: Path
+) -> None:
+    """The proxy reads bodies with orjson and falls back to the standard parser: a number past
+    64 bits is valid JSON, and the request is a step like any other (sent on byte for byte)."""
+    proxy = start_proxy()
+    raw = (
+        b'{"model": "claude-opus-4-7", "max_tokens": 64,'
+        b' "metadata": {"n": 123456789012345678901234},'
+        b' "messages": [{"role": "user", "content": "hi"}]}'
+    )
+    answer = httpx2.post(
+        f"{proxy.url}/v1/messages",
+        content=raw,
+        headers={"x-api-key": API_KEY, "content-type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 200
+    assert fake.requests[-1].body["metadata"]["n"] == 123456789012345678901234
+    assert [s["status"] for s in _step_rows(home)] == ["ok"]

@@ -64,10 +64,12 @@ class Sessions:
         self.store = store
         self._sessions: dict[tuple[str, str], Session] = {}
 
-    def session(self, kind: str, headers: dict[str, str], body: dict[str, Any]) -> Session:
+    def session(self, kind: str, headers: dict[str, str], conversation: str) -> Session:
+        """The session a request belongs to: its client session, else its conversation (the
+        `conversation_key` of its body)."""
         self.close_idle()
         session_id = headers.get(SESSION_HEADER)
-        key = f"session:{session_id}" if session_id else f"conversation:{conversation_key(body)}"
+        key = f"session:{session_id}" if session_id else f"conversation:{conversation}"
         found = self._sessions.get((kind, key))
         if found is not None and found.idle:  # back after a pause: the same run goes on
             found.guard = self._new_guard(kind, found.guard.name, resume=found.guard.run_id)
