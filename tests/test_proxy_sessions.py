@@ -211,3 +211,26 @@ def test_a_session_with_a_request_in_flight_is_never_closed(
         clock.advance(10_000)
         assert sessions.close_idle() == []
     assert sessions.close_idle() == []  # its request just ended: it is not quiet
+
+
+def test_opening_a_new_sessions_run_never_blocks_the_event_loop(
+    start: Any, fake: FakeProvider, home: Path, project: Path
+) -> None:
+    """A new session's run is opened on a worker thread: while it waits for the shadow store
+    (here: its lock held, as by another process's snapshot) the proxy goes on answering — other
+    requests, other streams — and the new session's request is served once the store is free."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_proxy_checkpoint import shadow_store_locked
+
+    proxy = start()
+    assert post(proxy, turn("first"), **{SESSION: "warm"}).status_code == 200  # the store exists
+    with shadow_store_locked(home, project) as release, ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(post, proxy, turn("hello"), **{SESSION: "brand-new"})
+        # the loop is free: a probe is answered at once, though the new session's run waits
+        assert httpx2.head(f"{proxy.url}/api/hello", timeout=10).status_code == 200
+        assert not waiting.done()
+        release()
+        assert waiting.result(timeout=30).status_code == 200
+    runs = Store.open(home).query("select name from runs order by created_at")
+    assert len(runs) == 2

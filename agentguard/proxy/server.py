@@ -107,7 +107,7 @@ class ProxyServer:
         while True:
             await asyncio.sleep(every)
             try:
-                self.sessions.close_idle()
+                await self.sessions.aclose_idle()
             except Exception:
                 log.exception("agentguard proxy: closing idle sessions failed")
 
@@ -122,7 +122,7 @@ class ProxyServer:
             await self.upstream.aclose()
         if self._checkpoints:
             await asyncio.gather(*self._checkpoints, return_exceptions=True)
-        self.sessions.close()
+        await self.sessions.aclose()
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class ProxyServer:
             trusted_request=trusted(headers, self.options.accepted_keys),
         )
         conversation = conversation_key(data)
-        session = self.sessions.session(kind, headers, conversation)
+        session = await self.sessions.session(kind, headers, conversation)
         with self.sessions.in_use(session):
             return await self._guarded(
                 kind, request, incoming, data, session, requested, routes, conversation

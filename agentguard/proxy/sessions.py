@@ -17,6 +17,7 @@ each other's head.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ class Session:
     last_used: float = 0.0  # the clock's monotonic seconds when its last request ended
     busy: int = 0  # requests in flight (a held or streaming one included)
     idle: bool = False  # its run was closed for want of requests; the next one reopens it
+    closing: asyncio.Future[None] | None = None  # its run being closed (idle), on a thread
     # lane → (messages, when): its held stream ended in an error event (see server._hold)
     gave_up: dict[str, tuple[int, float]] = field(default_factory=dict)
 
@@ -63,27 +65,48 @@ class Sessions:
         self.options = options
         self.store = store
         self._sessions: dict[tuple[str, str], Session] = {}
+        self._opening: dict[tuple[str, str], asyncio.Future[Session]] = {}
 
-    def session(self, kind: str, headers: dict[str, str], conversation: str) -> Session:
+    async def session(self, kind: str, headers: dict[str, str], conversation: str) -> Session:
         """The session a request belongs to: its client session, else its conversation (the
-        `conversation_key` of its body)."""
-        self.close_idle()
+        `conversation_key` of its body). A new session's run is opened — and an idle one's
+        reopened — on a worker thread (a Guard runs git and may wait for the shadow store's
+        lock behind other sessions' snapshots): the event loop, and every stream on it, never
+        waits for that. Concurrent first requests of one session share one opening."""
+        await self.aclose_idle()
         session_id = headers.get(SESSION_HEADER)
-        key = f"session:{session_id}" if session_id else f"conversation:{conversation}"
-        found = self._sessions.get((kind, key))
-        if found is not None and found.idle:  # back after a pause: the same run goes on
-            found.guard = self._new_guard(kind, found.guard.name, resume=found.guard.run_id)
-            found.idle = False
-        if found is None:
-            name = self.options.project.name
-            label = f"session {session_id[:8]}" if session_id else "proxy"
-            found = Session(
-                self._new_guard(kind, f"{name} ({label})"), last_used=self.options.monotonic()
+        key = (kind, f"session:{session_id}" if session_id else f"conversation:{conversation}")
+        found = self._sessions.get(key)
+        if found is not None and not found.idle:
+            return found
+        opening = self._opening.get(key)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(key, session_id, found))
+            self._opening[key] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(key, None))
+        return await asyncio.shield(opening)
+
+    async def _open(
+        self, key: tuple[str, str], session_id: str | None, idle: Session | None
+    ) -> Session:
+        kind = key[0]
+        if idle is not None:  # back after a pause: the same run goes on
+            if idle.closing is not None:
+                await idle.closing
+            idle.guard = await asyncio.to_thread(
+                self._new_guard, kind, idle.guard.name, resume=idle.guard.run_id
             )
-            if session_id:  # how `agentguard statusline` finds the run of a Claude Code session
-                found.guard.event(None, "client_session", session_id=session_id)
-            self._sessions[(kind, key)] = found
-        return found
+            idle.idle, idle.closing = False, None
+            return idle
+        label = f"session {session_id[:8]}" if session_id else "proxy"
+        guard = await asyncio.to_thread(
+            self._new_guard, kind, f"{self.options.project.name} ({label})"
+        )
+        if session_id:  # how `agentguard statusline` finds the run of a Claude Code session
+            guard.event(None, "client_session", session_id=session_id)
+        session = Session(guard, last_used=self.options.monotonic())
+        self._sessions[key] = session
+        return session
 
     @contextmanager
     def in_use(self, session: Session) -> Iterator[Session]:
@@ -95,23 +118,40 @@ class Sessions:
             session.busy -= 1
             session.last_used = self.options.monotonic()
 
-    def close_idle(self) -> list[str]:
-        """Close the runs of sessions without a request for `session_idle` seconds (their run
-        `completed`, with an event saying why); a later request of one reopens its run.
-        Returns the run ids closed."""
+    def _quiet(self) -> list[Session]:
+        """Sessions without a request for `session_idle` seconds, marked idle (their run is
+        `completed` by `_close_quiet`, with an event saying why; a later request reopens it)."""
         limit = self.options.session_idle
         if not limit:
             return []
         now = self.options.monotonic()
-        closed = []
+        quiet = []
         for session in self._sessions.values():
             if session.idle or session.busy or now - session.last_used < limit:
                 continue
             session.guard.event(None, "session_idle", idle_seconds=round(now - session.last_used))
-            session.guard.close()
             session.idle = True
-            closed.append(session.guard.run_id)
-        return closed
+            quiet.append(session)
+        return quiet
+
+    def close_idle(self) -> list[str]:
+        """Close the runs of quiet sessions now (off the event loop: the proxy's own sweep
+        uses `aclose_idle`). Returns the run ids closed."""
+        quiet = self._quiet()
+        for session in quiet:
+            session.guard.close()
+        return [session.guard.run_id for session in quiet]
+
+    async def aclose_idle(self) -> list[str]:
+        """`close_idle` on the event loop: the runs are closed on a worker thread (a close
+        waits for a snapshot still running)."""
+        quiet = self._quiet()
+        for session in quiet:
+            session.closing = asyncio.ensure_future(asyncio.to_thread(session.guard.close))
+        for session in quiet:
+            assert session.closing is not None
+            await asyncio.shield(session.closing)
+        return [session.guard.run_id for session in quiet]
 
     def _new_guard(self, kind: str, name: str, *, resume: str | None = None) -> Guard:
         o = self.options
@@ -163,6 +203,13 @@ class Sessions:
             if not session.idle:
                 session.guard.close()
         self._sessions.clear()
+
+    async def aclose(self) -> None:
+        """`close` off the event loop, once every run still being closed is."""
+        for session in self._sessions.values():
+            if session.closing is not None:
+                await asyncio.shield(session.closing)
+        await asyncio.to_thread(self.close)
 
 
 def _resumed(
