@@ -199,6 +199,15 @@ class ProxyProcess(Process):
         self.url = self.wait_for(self.loopback_url, timeout=60)
 
 
+class ForwarderProcess(Process):
+    """`benchmarks.forwarder`: the same loopback hop with none of agentguard's work (a floor)."""
+
+    def __init__(self, upstream: str, log: Path) -> None:
+        argv = [sys.executable, "-m", "benchmarks.forwarder", upstream]
+        super().__init__("bare forwarder", argv, dict(os.environ), log)
+        self.url = self.wait_for(self.loopback_url, timeout=60)
+
+
 # The fake provider of part 3 in a process of its own: its 64 threads writing 64,000 events
 # would otherwise share this process (and its GIL) with the client reading them.
 FAKE = """\
@@ -949,12 +958,16 @@ def main(quick: bool = False, *, litellm: bool = True) -> Report:
             )
             stack.callback(bare.stop)
 
+            forwarder = ForwarderProcess(fake.base_url, workdir / "forwarder.log")
+            stack.callback(forwarder.stop)
+
             def client() -> httpx2.Client:
                 return stack.enter_context(httpx2.Client(timeout=60))
 
             targets = [
                 Target("direct", fake.base_url, client()),
                 Target("agentguard", proxy.url, client(), proxy),
+                Target("bare forwarder (floor)", forwarder.url, client()),
             ]
             if litellm:
                 anchor, where = litellm_proxy(workdir, fake.base_url)
