@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from agentguard.clock import Clock
 from agentguard.routes import Route
@@ -116,6 +116,12 @@ async def _aperform(action: Action, call: Callable[[Call], Awaitable[Any]], cloc
         return await asyncio.wrap_future(action.future)
     except Exception as exc:
         raise _Failed(exc) from None
+
+
+def no_calls(call: Call) -> NoReturn:
+    """The `call` for a plan that only joins background work (`Guard.join_checkpoint`), with
+    `drive` or `adrive` alike: such a plan never yields a Call."""
+    raise AssertionError(f"this plan calls no route, yet asked for {call.route.key}")
 
 
 class _Failed(Exception):

@@ -13,7 +13,7 @@ from typing import Any
 from agentguard import process_end
 from agentguard.clock import Clock
 from agentguard.conversation import Head
-from agentguard.plan import Call, StepPlan, drive
+from agentguard.plan import StepPlan, drive, no_calls
 from agentguard.process_end import describe as describe_exception
 from agentguard.resuming import ensure_not_live
 from agentguard.store import Store
@@ -59,7 +59,7 @@ class RunLifecycle:
         self._closed = True
         atexit.unregister(self._at_exit)
         for step_id in list(self._deferred):  # a stream's snapshot still running: record it
-            drive(self.join_checkpoint(step_id), _no_calls, self.clock)
+            drive(self.join_checkpoint(step_id), no_calls, self.clock)
         self._executor.shutdown(wait=True)
         self._git_reader.close()
         final = status or ("completed" if self._last_status == "running" else self._last_status)
@@ -97,7 +97,3 @@ class RunLifecycle:
                 self._end_abnormally(ending.status, ending.error_type, ending.message)
         except Exception:  # the interpreter is going away; never mask its own exit
             log.debug("agentguard: closing run %s at exit failed", self.run_id, exc_info=True)
-
-
-def _no_calls(call: Call) -> Any:
-    raise AssertionError("joining a checkpoint calls no route")

@@ -33,7 +33,7 @@ from multidict import CIMultiDict
 from agentguard.classify import UpstreamError
 from agentguard.errors import AgentGuardError, RetriesExhausted, RunQueued
 from agentguard.guard import Guard, leave_signals_to_caller
-from agentguard.plan import Call, adrive
+from agentguard.plan import adrive, no_calls
 from agentguard.proxy import answers
 from agentguard.proxy.credentials import trusted, usable
 from agentguard.proxy.hold import KeepAlive
@@ -319,7 +319,7 @@ class ProxyServer:
     def _join_checkpoint(self, guard: Guard, step_id: int) -> asyncio.Future[Any]:
         """The step's tree checkpoint, recorded once its snapshot is done (a streamed step is
         handed over before; see `Guard.step(defer_checkpoint=…)`); stop() waits for it."""
-        task = asyncio.ensure_future(adrive(guard.join_checkpoint(step_id), _no_calls, guard.clock))
+        task = asyncio.ensure_future(adrive(guard.join_checkpoint(step_id), no_calls, guard.clock))
         self._checkpoints.add(task)
         task.add_done_callback(self._checkpoints.discard)
         return task
@@ -487,10 +487,6 @@ def parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return json.loads(body)
-
-
-async def _no_calls(call: Call) -> Any:
-    raise AssertionError("joining a checkpoint calls no route")
 
 
 def _stream_end(stream: LiveStream) -> tuple[str, str | None]:
