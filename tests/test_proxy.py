@@ -73,6 +73,17 @@ def attempts(home: Path) -> list[dict[str, Any]]:
         store.close()
 
 
+def raw_stream_request() -> bytes:
+    """A streamed /v1/messages request as bytes, for a client on a bare socket that can hang
+    up at any moment."""
+    body = json.dumps({**ask(), "stream": True}).encode()
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"x-api-key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
 def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
     """Wait for a condition another thread makes true, bounded."""
     deadline = time.monotonic() + timeout
@@ -348,13 +359,8 @@ def test_a_client_that_goes_away_while_the_proxy_retries_cancels_the_attempt(
     proxy, fake, home
 ) -> None:
     fake.script(overloaded(), stall(after_events=1))  # the retry stalls before any content
-    body = json.dumps({**ask(), "stream": True}).encode()
-    head = (
-        f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"x-api-key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
     with socket.create_connection(("127.0.0.1", proxy.port)) as client:
-        client.sendall(head + body)
+        client.sendall(raw_stream_request())
         until(lambda: len(fake.requests) == 2)  # the retry is on the wire, held back
     # the client hung up before seeing a byte: the attempt in flight and the step are cancelled
 

@@ -28,7 +28,7 @@ from agentguard.proxy import ProxyThread
 from agentguard.store import Store
 from agentguard.testing import FakeProvider, Turn, ok, overloaded, stall
 from tests.conftest import API_KEY, ATTEMPTS, storm
-from tests.test_proxy import ask, until
+from tests.test_proxy import ask, raw_stream_request, until
 
 OPUS, SONNET = "claude-opus-4-7", "claude-sonnet-4-6"
 SESSION = "x-claude-code-session-id"
@@ -294,13 +294,8 @@ def test_the_statusline_shows_the_wait_and_pings_go_on_while_a_probe_hangs(
 def test_a_client_hanging_up_while_held_cancels_the_step(start, fake, home) -> None:
     proxy = start(policy=FORBID, ping_interval=0.05)
     fake.script(*storm(ATTEMPTS + 2), stall(before_headers=True))
-    body = json.dumps({**ask(), "stream": True}).encode()
-    head = (
-        f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"x-api-key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
     with socket.create_connection(("127.0.0.1", proxy.port)) as client:
-        client.sendall(head + body)
+        client.sendall(raw_stream_request())
         received = b""
         while b"event: ping" not in received:
             received += client.recv(65536)
