@@ -25,6 +25,7 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         self._last_status = "running"
         self._held: set[int] = set()  # steps waiting in hold mode (the run shows `waiting`)
         self._deferred: dict[int, StepState] = {}  # served steps whose snapshot is still running
+        self._unwritten: dict[int, StepState] = {}  # served steps whose rows wait (defer_record)
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="agentguard-git", initializer=background_thread
         )
@@ -170,6 +172,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         head: Head | None = None,
         chain: Sequence[Route] | None = None,
         defer_checkpoint: bool = False,
+        defer_record: bool = False,
     ) -> StepPlan:
         """The guarded step as a plan of actions; run it with `plan.drive` / `plan.adrive`.
 
@@ -178,6 +181,12 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         fallbacks (default: the run's). `defer_checkpoint`: hand a served answer over before
         the tree snapshot is complete — for a stream passed on live, whose caller must then
         run `join_checkpoint(step_id)` before letting its client act on the answer.
+        `defer_record`: hand a served answer over before the rows saying it was served (the
+        attempt's outcome, the step's `ok`, the breaker's success) are written — for a stream
+        whose first content should not wait for them; the caller runs
+        `record_handed_over(step_id)` once that content is on its way (`complete_stream`,
+        `join_checkpoint` and `close` write them first if it did not). A substitution is
+        never held back: it is written, and announced, before the hand-over.
 
         `hold` (seconds from the step's start; 0: off) is hold mode: when the step would give
         up because its routes are down (their breakers open) — or, under `forbid`, because its
@@ -187,16 +196,20 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         `next_attempt_at` and a `step_held` event says why; every try is one attempt of the
         same step, and a down route gets one probe per cooldown, shared with every agent."""
         state = self._checkpoint(request, head)
+        if defer_record:
+            state.unwritten = []
         try:
             served, route, failed = yield from self._serve(
                 state, self.routes_for(request.route, chain), hold
             )
         except Exception as exc:
             self._held.discard(state.step_id)
+            self._write_held_back(state)  # a refused substitution: what it served, then why not
             self._fail_step(state, exc)
             yield from self._join_snapshot(state)
             raise
         except BaseException as exc:  # cancelled or interrupted: record it, never yield again
+            self._write_held_back(state)
             self._release_hold(state)  # first: a reader who sees the step cancelled sees the run
             self._cancel_step(state, exc)
             raise
@@ -210,6 +223,26 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             self._finish(state, served, route, failed, hand_over=False)
             raise
         return self._finish(state, served, route, failed)
+
+    def record_handed_over(self, step_id: int) -> None:
+        """Write the rows a `defer_record` step held back until its answer was handed over."""
+        state = self._unwritten.pop(step_id, None)
+        if state is not None:
+            self._write_held_back(state)
+
+    def _write_held_back(self, state: StepState) -> None:
+        writes, state.unwritten = state.unwritten, None
+        self._unwritten.pop(state.step_id, None)
+        for write in writes or ():
+            write()
+
+    def _write(self, state: StepState, write: Callable[[], Any]) -> None:
+        """A served step's own rows: now, or once its answer is handed over (`defer_record`)."""
+        if state.unwritten is None:
+            write()
+        else:
+            state.unwritten.append(write)
+            self._unwritten[state.step_id] = state  # until record_handed_over, or close
 
     def checkpoint_pending(self, step_id: int) -> bool:
         """A step handed over before its tree snapshot was done (see `join_checkpoint`)."""
@@ -253,10 +286,10 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         head.step_id, head.objects, head.shas = step_id, conv.objects, conv.shas
         state = StepState(number, step_id, request, started_mono)
         if self.shadow is not None:
+            # started by `_start_snapshot` once the step's first attempt is written, just
+            # before it is sent: the snapshot thread then never competes with those writes
             ref = f"refs/agentguard/runs/{self.run_id}/steps/{number}"
-            state.snapshot = self._executor.submit(
-                self._snapshot_step, f"agentguard run {self.run_id} step {number}", ref=ref
-            )
+            state.snapshot_job = (f"agentguard run {self.run_id} step {number}", ref)
         return state
 
     def _serve(
@@ -302,6 +335,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
                     transient.append(failure)
             wait = self._until_next_probe(cooling)
             if not held and wait is not None and wait <= state.time_left(self.policy, self.clock):
+                self._start_snapshot(state)  # the tree as the step began, not after the wait
                 yield Sleep(wait)
                 state.slept = wait
                 candidates = cooling
@@ -313,6 +347,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
                         held = True
                         self._begin_hold(state, failed, hold)
                     self._holding(state, wait)
+                    self._start_snapshot(state)
                     yield Hold(wait)
                     state.slept = wait
                     candidates = [*cooling, *(f.route for f in transient)]
@@ -334,16 +369,14 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             began_at, began = self.clock.now(), self.clock.monotonic()
             state.attempt_row = self._open_attempt(state, route, number, began_at)
             state.in_flight = True
+            self._start_snapshot(state)
             ok, result = yield Call(route, number)
             latency = self.clock.monotonic() - began
             when = attempt_timing(number, route, began_at, state.slept, latency)
             if ok:
-                self.breaker.record_success(route.key, sent_at=began_at)
-                self._record(
-                    state,
-                    route,
-                    AttemptRecord.served(when, result),
-                )
+                success = partial(self.breaker.record_success, route.key, sent_at=began_at)
+                self._write(state, success)
+                self._record(state, route, AttemptRecord.served(when, result), served=True)
                 state.slept = 0.0
                 return result, None
             failure = describe(result, now=self.clock.now())
@@ -593,11 +626,17 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             primary_model=requested.model,
             next_attempt_at=None,
         )
-        self.store.finish_step(state.step_id, step_row, self.run_id, run_row)
+        if substituted:
+            self._write_held_back(state)  # never held back: written and announced before
+        step_id, run_id, notes = state.step_id, self.run_id, served.notes
+        self._write(state, lambda: self.store.finish_step(step_id, step_row, run_id, run_row))
+        if notes:
+            self._write(
+                state,
+                lambda: self.event(step_id, "translation_dropped", route=route.key, dropped=notes),
+            )
         state.ended = True
         self._last_status = "running"
-        if served.notes:
-            self.event(state.step_id, "translation_dropped", route=route.key, dropped=served.notes)
         attach(served.value, info)
         if not substituted:
             return served.value

@@ -31,6 +31,8 @@ class RunLifecycle:
     _last_status: str
     _executor: ThreadPoolExecutor
     _deferred: dict[int, Any]
+    _unwritten: dict[int, Any]
+    record_handed_over: Callable[[int], None]  # Guard.record_handed_over
     _git_reader: Any  # user_repo.StateReader
     join_checkpoint: Callable[[int], StepPlan]  # Guard.join_checkpoint
     event: Callable[..., None]  # StepRecording.event
@@ -58,6 +60,8 @@ class RunLifecycle:
             return
         self._closed = True
         atexit.unregister(self._at_exit)
+        for step_id in list(self._unwritten):  # served, its rows held back: write them
+            self.record_handed_over(step_id)
         for step_id in list(self._deferred):  # a stream's snapshot still running: record it
             drive(self.join_checkpoint(step_id), no_calls, self.clock)
         self._executor.shutdown(wait=True)

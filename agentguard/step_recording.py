@@ -33,6 +33,9 @@ class StepRecording:
     on_substitution: Callable[[StepInfo], Refuse | None] | None
     _last_status: str
     _took_checkpoint: Callable[[StepState, Snapshot], None]  # TreeKeeping._took_checkpoint
+    _write: Callable[[StepState, Callable[[], Any]], None]  # Guard._write
+    _start_snapshot: Callable[[StepState], None]  # TreeKeeping._start_snapshot
+    record_handed_over: Callable[[int], None]  # Guard.record_handed_over
 
     def event(self, step_id: int | None, kind: str, **detail: Any) -> None:
         self.store.insert_event(self.run_id, kind, detail, at=self.clock.now(), step_id=step_id)
@@ -43,6 +46,7 @@ class StepRecording:
         """A step whose answer was passed on live (the proxy) ends after the step returned:
         record the response the stream added up to, and — when it did not end well — that the
         client went away (`cancelled`) or the stream broke after its first content (`failed`)."""
+        self.record_handed_over(step_id)  # the rows saying it was served come first
         fields: dict[str, Any] = {}
         if final is not None:
             tokens = {"input_tokens": final.input_tokens, "output_tokens": final.output_tokens}
@@ -72,9 +76,16 @@ class StepRecording:
             }
         )
 
-    def _record(self, state: StepState, route: Route, record: AttemptRecord) -> None:
+    def _record(
+        self, state: StepState, route: Route, record: AttemptRecord, *, served: bool = False
+    ) -> None:
+        """An attempt's outcome; a `served` one may wait for the hand-over (`Guard._write`)."""
         state.attempts.append(record)
-        self.store.update_attempt(state.attempt_row, record.row())
+        row, values = state.attempt_row, record.row()
+        if served:
+            self._write(state, lambda: self.store.update_attempt(row, values))
+        else:
+            self.store.update_attempt(row, values)
         state.in_flight = False
 
     def _announce(self, info: StepInfo, *, notify: bool = True) -> Refuse | None:
@@ -183,6 +194,7 @@ class StepRecording:
         )
         state.ended = True
         self.event(state.step_id, "step_cancelled", reason=reason, error_type=type(exc).__name__)
+        self._start_snapshot(state)  # a step cancelled before its first call keeps its tree too
         future, state.snapshot = state.snapshot, None
         if future is not None:
             future.add_done_callback(lambda done: self._late_checkpoint(state, done))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +66,8 @@ class StepState:
     started_mono: float
     attempts: list[AttemptRecord] = field(default_factory=list)
     snapshot: Future[Snapshot] | None = None
+    snapshot_job: tuple[str, str] | None = None  # (message, ref) of a snapshot not yet started
+    unwritten: list[Callable[[], Any]] | None = None  # rows held back until the hand-over
     checkpoint: str | None = None
     slept: float = 0.0  # the delay slept before the next attempt
     attempt_row: int = 0  # the store row of the attempt in flight

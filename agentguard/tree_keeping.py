@@ -41,6 +41,7 @@ class TreeKeeping:
     _executor: ThreadPoolExecutor
     _git_reader: StateReader  # the user's repository, read on the snapshot thread only
     event: Callable[..., None]  # StepRecording.event
+    _write_held_back: Callable[[StepState], None]  # Guard._write_held_back
 
     def _snapshot_step(self, message: str, ref: str) -> Snapshot:
         """Run in the snapshot thread: the tree, then the user's branch/HEAD/dirty (a `git
@@ -51,7 +52,15 @@ class TreeKeeping:
         git = self._git_reader.read(snapshot_tree=snap.tree, complete=not snap.skipped)
         return Checkpoint(**kept, git=git)
 
+    def _start_snapshot(self, state: StepState) -> None:
+        """Submit the step's checkpoint snapshot, once (see `Guard._checkpoint`)."""
+        job, state.snapshot_job = state.snapshot_job, None
+        if job is not None:
+            message, ref = job
+            state.snapshot = self._executor.submit(self._snapshot_step, message, ref=ref)
+
     def _join_snapshot(self, state: StepState) -> Generator[PlanAction, Any, None]:
+        self._start_snapshot(state)
         if state.snapshot is None:
             return
         future, state.snapshot = state.snapshot, None
@@ -64,6 +73,7 @@ class TreeKeeping:
         self._took_checkpoint(state, snap)
 
     def _took_checkpoint(self, state: StepState, snap: Snapshot) -> None:
+        self._write_held_back(state)  # the step's `ok` row first: the checkpoint goes onto it
         state.checkpoint = snap.commit
         self._store_snapshot(state, snap, "checkpoint")
         if state.ended:

@@ -292,18 +292,24 @@ class ProxyServer:
             ("x-agentguard-step", str(step_info.step)),
         ]
         held = keeper.response if keeper is not None else None
-        if isinstance(value, Translated):
-            return await _send_translated(request, value, marks, stream, held)
-        if isinstance(value, Answer):
-            if held is not None and keeper is not None:
-                return await keeper.unexpected(
-                    "agentguard proxy: the provider answered a streamed request without a stream"
+        try:
+            if isinstance(value, Translated):
+                return await _send_translated(request, value, marks, stream, held)
+            if isinstance(value, Answer):
+                if held is not None and keeper is not None:
+                    return await keeper.unexpected(
+                        "agentguard proxy: the provider answered a streamed request without a "
+                        "stream"
+                    )
+                return web.Response(
+                    status=value.status,
+                    headers=_headers([*value.headers, *marks]),
+                    body=value.body,
                 )
-            return web.Response(
-                status=value.status, headers=_headers([*value.headers, *marks]), body=value.body
-            )
-        assert isinstance(value, LiveStream)
-        return await self._pass_stream(request, value, marks, guard, step_info, held)
+            assert isinstance(value, LiveStream)
+            return await self._pass_stream(request, value, marks, guard, step_info, held)
+        finally:  # a streamed step's rows wait for its first content (Guard.step(defer_record))
+            guard.record_handed_over(step_info.step_id)
 
     def _hold(self, session: Session, lane: str, length: int, guard: Guard, stream: bool) -> float:
         """How long this request may be held. Not at all when it resends a request whose held
@@ -343,6 +349,7 @@ class ProxyServer:
                 response.headers[name] = value
         status, reason = "ok", None
         recorded = False
+        handed_over = False
         try:
             if held is None:
                 await response.prepare(request)
@@ -356,6 +363,9 @@ class ProxyServer:
                         step_info.step_id, _final(stream), status=status, reason=reason
                     )
                 await response.write(chunk)
+                if not handed_over and stream.output_started:  # its first token is out: now
+                    handed_over = True  # the rows saying it was served (Guard.step(defer_record))
+                    guard.record_handed_over(step_info.step_id)
             if not recorded:
                 recorded = True
                 status, reason = _stream_end(stream)

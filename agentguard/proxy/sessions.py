@@ -187,8 +187,14 @@ class Sessions:
         step's hold mode (seconds); `keeper` keeps a streaming client alive while it is held."""
         guard = session.guard
         head = session.lanes.setdefault(lane, Head())
+        live = request.stream  # passed on as it comes: its content goes before its records
         plan = guard.step(
-            request, hold=hold, head=head, chain=routes, defer_checkpoint=request.stream
+            request,
+            hold=hold,
+            head=head,
+            chain=routes,
+            defer_checkpoint=live,
+            defer_record=live,
         )
         first = next(plan)  # the checkpoint: the step's row, its new messages, the snapshot
         if on_started is not None and head.step_id is not None:

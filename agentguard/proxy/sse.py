@@ -81,6 +81,14 @@ def is_preamble(kind: str, event: Event) -> bool:
     return True
 
 
+def carries_output(kind: str, event: Event) -> bool:
+    """The model's output itself (a token, a tool call's input, the end), not the frame
+    around it: Anthropic's `content_block_start` and `ping` are not, OpenAI's content is."""
+    if kind == "anthropic":
+        return event.name not in _ANTHROPIC_PREAMBLE and event.name != "content_block_start"
+    return not is_preamble(kind, event)
+
+
 _ANTHROPIC_NOT_ACTIONABLE = frozenset(
     {"message_start", "ping", "content_block_start", "content_block_delta"}
 )

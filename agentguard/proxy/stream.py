@@ -42,13 +42,16 @@ class LiveStream:
         self.done = False  # the stream was read to its end (complete or failed)
         # awaited once, before the first event the client could act on (see sse.lets_client_act)
         self.gate: Callable[[], Awaitable[Any]] | None = None
+        # the chunk last yielded, or one before it, carried the model's output (sse.carries_output)
+        self.output_started = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._bytes()
 
     async def _bytes(self) -> AsyncIterator[bytes]:
-        for event in self._held:
-            yield event.raw
+        if self._held:  # one write: the prelude and the first content reach the client at once
+            self.output_started = any(sse.carries_output(self.kind, e) for e in self._held)
+            yield b"".join(event.raw for event in self._held)
         self._held = []
         try:
             async for event in self._rest:
@@ -57,6 +60,8 @@ class LiveStream:
                     self.error = _error_text(event.json()) or "an error event"
                 if self.gate is not None and sse.lets_client_act(self.kind, event):
                     await self._open_gate()
+                if not self.output_started:
+                    self.output_started = sse.carries_output(self.kind, event)
                 yield event.raw
         except httpx2.TransportError as exc:
             self.error = f"the provider's stream broke: {type(exc).__name__}: {exc}"
