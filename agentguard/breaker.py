@@ -87,13 +87,14 @@ class Breaker:
         """Take the due probe slot: a compare-and-set on `next_probe_at`.
 
         The UPDATE only matches while `next_probe_at` still holds the value this caller read,
-        and the winner moves it to `now + cooldown`; SQLite serialises writers, so of all the
+        and the winner moves it to `now + cooldown`; the store serialises writers, so of all the
         callers (threads or processes) that saw the same due slot exactly one gets rowcount 1.
+        (`is not distinct from`: SQLite's `is` for a value that may be null, in portable SQL.)
         """
         with self.store.write() as db:
             cursor = db.conn.execute(
                 "update route_health set next_probe_at = ?, updated_at = ? "
-                "where route = ? and state = 'open' and next_probe_at is ? "
+                "where route = ? and state = 'open' and next_probe_at is not distinct from ? "
                 "and coalesce(next_probe_at, 0) <= ?",
                 [now + self.settings.cooldown, now, route, seen, now],
             )
@@ -131,8 +132,11 @@ class Breaker:
                 "on conflict (route) do update set "
                 "state = 'closed', failures = 0, first_failure_at = null, open_since = null, "
                 "next_probe_at = null, last_success_at = excluded.last_success_at, "
-                "last_success_sent_at = max(coalesce(last_success_sent_at, 0), "
-                "excluded.last_success_sent_at), updated_at = excluded.updated_at",
+                "last_success_sent_at = case "
+                "when coalesce(route_health.last_success_sent_at, 0) "
+                "> excluded.last_success_sent_at "
+                "then coalesce(route_health.last_success_sent_at, 0) "
+                "else excluded.last_success_sent_at end, updated_at = excluded.updated_at",
                 [route, now, sent, now],
             )
 

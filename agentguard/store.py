@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from sqlite_utils import Database
@@ -27,7 +27,11 @@ from agentguard.errors import StoreError
 from agentguard.home import ensure_home, home_dir
 from agentguard.migrations import KNOWN, migrations
 
+if TYPE_CHECKING:
+    from agentguard.store_pg import PostgresStore
+
 DB_NAME = "agentguard.db"
+STORE_ENV = "AGENTGUARD_STORE"  # a postgresql:// URL: every machine shares one server
 BUSY_TIMEOUT_S = 30.0
 COMPRESS_FROM = 512  # bytes of JSON
 
@@ -35,6 +39,28 @@ COMPRESS_FROM = 512  # bytes of JSON
 def dumps(value: Any) -> str:
     """Compact, key-sorted JSON: the same value always gives the same bytes (and hash)."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def open_store(
+    home: str | os.PathLike[str] | None = None, url: str | None = None
+) -> Store | PostgresStore:
+    """The user's store: PostgreSQL when `url` or $AGENTGUARD_STORE is a postgresql:// URL,
+    else the SQLite file under `home` (the embedded default).
+
+    Any other non-empty value is refused rather than ignored: a mistyped URL must not send a
+    team's runs into one machine's private file without a word."""
+    chosen = url if url is not None else os.environ.get(STORE_ENV, "")
+    if chosen.startswith(("postgresql://", "postgres://")):
+        from agentguard.store_pg import PostgresStore
+
+        return PostgresStore(chosen, home)
+    if chosen.strip() and chosen.strip().lower() != "sqlite":
+        given = f"a {chosen.split('://', 1)[0]}:// URL" if "://" in chosen else "a non-URL"
+        raise StoreError(  # the value itself is not shown: it may hold a password
+            f"{STORE_ENV} must be a postgresql:// URL (or empty for the local SQLite store), "
+            f"not {given}; fix or unset it."
+        )
+    return Store.open(home)
 
 
 class Store:

@@ -153,3 +153,106 @@ def guarded(
 
 def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
+
+
+# -- the store on each engine ------------------------------------------------------------------
+
+# The PostgreSQL server the engine tests use; AGENTGUARD_REQUIRE_POSTGRES=1 (CI) turns "no
+# server" from a skip into a failure.
+POSTGRES_URL_ENV = "AGENTGUARD_TEST_POSTGRES"
+POSTGRES_DEFAULT_URL = "postgresql://root@127.0.0.1:5432/test"
+ENGINES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL once it has answered, else a skip naming the URL tried."""
+    from agentguard.store_pg import masked
+
+    url = os.environ.get(POSTGRES_URL_ENV, POSTGRES_DEFAULT_URL)
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=3).close()
+    except Exception as exc:
+        reason = (
+            f"no PostgreSQL server answered at {masked(url)} "
+            f"({' '.join(str(exc).split())}); set {POSTGRES_URL_ENV} to one"
+        )
+        if os.environ.get("AGENTGUARD_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"AGENTGUARD_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """A URL whose connections write into a fresh schema of their own, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    schema = f"agentguard_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'create schema "{schema}"')
+    joiner = "&" if "?" in postgres_url else "?"
+    try:
+        yield f"{postgres_url}{joiner}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'drop schema "{schema}" cascade')
+
+
+class Engine:
+    """One engine's store for a test: `open()` another handle on it, `locator` for a child
+    process (the SQLite file or the PostgreSQL URL), `connect()` a second raw connection."""
+
+    def __init__(self, name: str, locator: str, home: Path) -> None:
+        self.name = name
+        self.locator = locator
+        self.home = home
+        self.opened: list[Any] = []
+
+    def open(self) -> Any:
+        from agentguard.store import Store, open_store
+
+        if self.name == "sqlite":
+            store: Any = Store(self.locator)
+        else:
+            store = open_store(self.home, url=self.locator)
+        self.opened.append(store)
+        return store
+
+    def connect(self) -> Any:
+        """A connection of the engine's own driver, apart from every store handle."""
+        if self.name == "sqlite":
+            import sqlite3
+
+            return sqlite3.connect(self.locator, isolation_level=None)
+        import psycopg
+
+        return psycopg.connect(self.locator, autocommit=True)
+
+    def close(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, tmp_path: Path, home: Path) -> Iterator[Engine]:
+    """The store on SQLite (a file under tmp_path) and on PostgreSQL (a fresh schema)."""
+    if request.param == "sqlite":
+        made = Engine("sqlite", str(tmp_path / "engine" / "agentguard.db"), home)
+    else:
+        url = request.getfixturevalue("postgres_schema_url")
+        made = Engine("postgresql", url, home)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def any_store(engine: Engine) -> Any:
+    """A store handle on each engine in turn."""
+    return engine.open()

@@ -1,8 +1,10 @@
-"""The store on real SQLite files: private, WAL, migrated, and honest about bad files."""
+"""The store on real SQLite files: private, WAL, migrated, and honest about bad files.
+
+The engine-neutral promises (migrated once, a newer schema refused) run on every engine
+(`engine` in tests/conftest.py: SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import sqlite3
 import stat
 from pathlib import Path
 
@@ -11,6 +13,71 @@ import pytest
 from agentguard.errors import StoreError
 from agentguard.migrations import KNOWN
 from agentguard.store import DB_NAME, Store
+from tests.conftest import Engine
+
+TABLES = {"runs", "steps", "attempts", "messages", "events", "blobs", "snapshots"}
+TABLES |= {"route_health", "route_traffic"}
+NEWER = r"written by a newer agentguard .*upgrade agentguard"
+
+
+def _tables(engine: Engine) -> set[str]:
+    conn = engine.connect()
+    try:
+        if engine.name == "sqlite":
+            sql = "select name from sqlite_master where type = 'table'"
+        else:
+            sql = "select table_name from information_schema.tables "
+            sql += "where table_schema = current_schema()"
+        return {row[0] for row in conn.execute(sql).fetchall()}
+    finally:
+        conn.close()
+
+
+def _applied(engine: Engine) -> list[str]:
+    conn = engine.connect()
+    try:
+        if engine.name == "sqlite":
+            sql = "select name from _sqlite_migrations order by id"
+        else:
+            sql = "select name from agentguard_migrations order by applied_at, name"
+        return [row[0] for row in conn.execute(sql).fetchall()]
+    finally:
+        conn.close()
+
+
+def _record_future_migration(engine: Engine) -> None:
+    conn = engine.connect()
+    try:
+        if engine.name == "sqlite":
+            conn.execute(
+                "insert into _sqlite_migrations (migration_set, name, applied_at) "
+                "values ('agentguard', 'm999_future', 'x')"
+            )
+        else:
+            conn.execute(
+                "insert into agentguard_migrations (name, applied_at) values ('m999_future', 0)"
+            )
+    finally:
+        conn.close()
+
+
+def test_a_new_store_is_migrated_once_on_every_engine(engine: Engine) -> None:
+    engine.open().close()
+    assert _tables(engine) >= TABLES
+    engine.open().close()  # reopening applies nothing twice
+    assert sorted(_applied(engine)) == sorted(KNOWN)
+    assert len(_applied(engine)) == len(KNOWN)
+
+
+def test_a_database_from_a_newer_agentguard_is_refused_on_every_engine(engine: Engine) -> None:
+    engine.open().close()
+    _record_future_migration(engine)
+    with pytest.raises(
+        StoreError, match=r"written by a newer agentguard .*upgrade agentguard"
+    ) as e:
+        engine.open()
+    assert "\n" not in str(e.value)
+    assert "m999_future" in str(e.value)
 
 
 def test_a_new_store_is_private_wal_and_migrated(tmp_path: Path) -> None:
@@ -57,20 +124,6 @@ def test_a_corrupted_database_is_refused_and_kept(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="damaged or not a database"):
         Store.open(home)
     assert path.read_bytes() == before
-
-
-def test_a_database_from_a_newer_agentguard_is_refused(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    Store.open(home).close()
-    conn = sqlite3.connect(home / DB_NAME)
-    conn.execute(
-        "insert into _sqlite_migrations (migration_set, name, applied_at) "
-        "values ('agentguard', 'm999_future', 'x')"
-    )
-    conn.commit()
-    conn.close()
-    with pytest.raises(StoreError, match=r"written by a newer agentguard .*upgrade agentguard"):
-        Store.open(home)
 
 
 def test_an_unwritable_home_says_what_to_do(tmp_path: Path) -> None:

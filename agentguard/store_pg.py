@@ -1,0 +1,598 @@
+"""The run log on a PostgreSQL server, shared by every machine of a team ("fleet mode").
+
+Same methods and meaning as `agentguard.store.Store` (SQLite stays the embedded default and
+keeps its own fast paths). What differs, and why:
+
+- Writers. SQLite lets one writer in at a time (BEGIN IMMEDIATE), and the callers that
+  read-modify-write through `write()` (the breaker, the retry budget) rely on it. So `write()`
+  here takes a transaction-scoped advisory lock first: the same one-writer promise, across
+  machines. The store's own methods lock only what they must: `begin_step` takes its run's row
+  (`for no key update`) before numbering the step, so two processes continuing one run never
+  write the same number; the rest are single-row inserts and updates.
+- SQL. Callers send SQLite-style `?` placeholders; `translate` turns them into psycopg's `%s`
+  (and escapes a literal `%`), outside quoted strings only.
+- Messages. Short JSON goes in `messages.content` (text), long zlib-compressed JSON in
+  `messages.content_z` (bytea); `conversation_rows` hands back one `content` (str or bytes) as
+  SQLite's does, so `unpack` reads either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from agentguard.errors import StoreError
+from agentguard.home import home_dir
+from agentguard.migrations_pg import KNOWN, MIGRATIONS
+from agentguard.store import dumps, pack
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError:  # pragma: no cover - exercised only without the extra
+    psycopg = None  # type: ignore[assignment]
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+CONNECT_TIMEOUT_S = 10
+POOL_MAX = 8
+MIGRATIONS_TABLE = "agentguard_migrations"
+
+
+def is_postgres_url(value: str | None) -> bool:
+    return bool(value) and str(value).startswith(URL_SCHEMES)
+
+
+def masked(url: str) -> str:
+    """The URL as it may be shown or logged: user, host, port and database, never a password."""
+    parts = urlsplit(url)
+    user = unquote(parts.username) if parts.username else ""
+    host = parts.hostname or "localhost"
+    port = parts.port or 5432
+    db = parts.path.lstrip("/") or user
+    return f"{parts.scheme}://{user + '@' if user else ''}{host}:{port}/{db}"
+
+
+class PostgresStore:
+    """A handle on the store in a PostgreSQL database; safe to share between threads.
+
+    Holds a small connection pool; a thread inside `write()` reuses its transaction's
+    connection for every read and nested write, as SQLite's one shared connection does."""
+
+    def __init__(self, url: str, home: str | os.PathLike[str] | None = None) -> None:
+        if psycopg is None:
+            raise StoreError(
+                "AGENTGUARD_STORE names a PostgreSQL server but psycopg is not installed; "
+                "install agentguard[postgres] (pip install 'agentguard[postgres]')."
+            )
+        self._url = url
+        self.path = masked(url)  # what messages show where SQLite shows the file's path
+        self._home = home_dir(home)
+        self._local = threading.local()
+        self._closed = False
+        self._write_key, self._snapshot_columns = self._prepare()
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=POOL_MAX,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            name="agentguard",
+            open=True,
+        )
+
+    @classmethod
+    def open(cls, url: str, home: str | os.PathLike[str] | None = None) -> PostgresStore:
+        return cls(url, home)
+
+    @property
+    def home(self) -> Path:
+        """Where the shadow git store lives: the machine's own AGENTGUARD_HOME."""
+        return self._home
+
+    @property
+    def display(self) -> str:
+        return self.path
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
+
+    # -- transactions and plain SQL -------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Transaction]:
+        """A write transaction that waits its turn behind every other `write()` (see module)."""
+        with self._transaction() as tx:
+            if not tx.locked:
+                tx.raw.execute("select pg_advisory_xact_lock(%s)", [self._write_key])
+                tx.locked = True
+            yield tx
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        text, values = translate(sql, params)
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(text, values)
+            return cur.fetchall() if cur.description else []
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """The thread's transaction connection if it is inside one, else one from the pool."""
+        self._check_open()
+        current = getattr(self._local, "tx", None)
+        if current is not None:
+            yield current.raw
+            return
+        with self._errors(), self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Transaction]:
+        self._check_open()
+        current: Transaction | None = getattr(self._local, "tx", None)
+        if current is not None:  # nested: a savepoint on the same connection
+            with current.raw.transaction():
+                yield current
+            return
+        with self._errors(), self._pool.connection() as conn:
+            tx = Transaction(conn)
+            self._local.tx = tx
+            try:
+                with conn.transaction():
+                    yield tx
+            finally:
+                self._local.tx = None
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A lost or refused connection as one sentence; errors of the SQL itself pass."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if not _is_connection_error(exc):
+                raise
+            raise StoreError(describe_connect_error(self.path, exc, self._url)) from None
+        except PoolTimeout as exc:
+            raise StoreError(
+                f"agentguard cannot reach the PostgreSQL server at {_host_port(self.path)} "
+                f"({exc}); check that the server is running and that AGENTGUARD_STORE is right."
+            ) from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"This handle on {self.path} was closed; open the store again.")
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def insert_run(self, row: dict[str, Any]) -> None:
+        with self._transaction() as tx:
+            _insert(tx.raw, "runs", row)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        with self._transaction() as tx:
+            _update(tx.raw, "runs", "id", run_id, fields)
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        rows = self.query("select * from runs where id = ?", [run_id])
+        return rows[0] if rows else None
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def begin_step(
+        self,
+        step: dict[str, Any],
+        messages: Sequence[dict[str, Any]],
+        blob: tuple[str, str] | None,
+    ) -> tuple[int, int]:
+        """Write a step and only its new messages in one transaction → (step id, step number).
+
+        The run's row is locked before the number is taken, so two processes continuing the
+        same run wait for each other instead of both writing number n+1."""
+        run_id = step["run_id"]
+        with self._transaction() as tx:
+            conn = tx.raw
+            conn.execute("select 1 from runs where id = %s for no key update", [run_id])
+            (number,) = conn.execute(
+                "select coalesce(max(number), 0) + 1 from steps where run_id = %s", [run_id]
+            ).fetchone()
+            step = {**step, "number": number}
+            if blob is not None:
+                conn.execute(
+                    "insert into blobs (sha, body) values (%s, %s) on conflict (sha) do nothing",
+                    list(blob),
+                )
+            step_id = _insert(conn, "steps", step, returning=True)
+            if messages:
+                rows = []
+                for m in messages:
+                    content = pack(m["content"])
+                    text, packed = (content, None) if isinstance(content, str) else (None, content)
+                    rows.append((run_id, step_id, m["position"], m["role"], text, packed, m["sha"]))
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "insert into messages (run_id, step_id, position, role, content, "
+                        "content_z, sha) values (%s, %s, %s, %s, %s, %s, %s)",
+                        rows,
+                    )
+            return step_id, int(number)
+
+    def update_step(self, step_id: int, **fields: Any) -> None:
+        with self._transaction() as tx:
+            _update(tx.raw, "steps", "id", step_id, fields)
+
+    def finish_step(
+        self,
+        step_id: int,
+        step: dict[str, Any],
+        run_id: str,
+        run: dict[str, Any],
+        attempt: tuple[int, dict[str, Any]] | None = None,
+    ) -> None:
+        """A step's end in one transaction: its row, its run's row and its last attempt."""
+        with self._transaction() as tx:
+            if attempt is not None:
+                _update(tx.raw, "attempts", "id", attempt[0], attempt[1])
+            _update(tx.raw, "steps", "id", step_id, step)
+            _update(tx.raw, "runs", "id", run_id, run)
+
+    def get_step(self, step_id: int) -> dict[str, Any] | None:
+        rows = self.query("select * from steps where id = ?", [step_id])
+        return rows[0] if rows else None
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        return self.query("select * from steps where run_id = ? order by number", [run_id])
+
+    def conversation(self, step_id: int) -> list[dict[str, Any]]:
+        """Rebuild a step's whole conversation from its own messages and its parents'."""
+        from agentguard.store import unpack
+
+        return [json.loads(unpack(row["content"])) for row in self.conversation_rows(step_id)]
+
+    def conversation_rows(self, step_id: int) -> list[dict[str, Any]]:
+        """A step's conversation as stored rows (content and sha), oldest first.
+
+        Two round trips whatever the depth (the parent chain in one recursive query, then every
+        message of the chain), where walking it row by row would cost one per ancestor."""
+        chain = self.query(
+            "with recursive chain (id, parent_id, base_len, depth) as ("
+            " select id, parent_id, base_len, 0 from steps where id = ?"
+            " union all"
+            " select s.id, s.parent_id, s.base_len, c.depth + 1"
+            " from steps s join chain c on s.id = c.parent_id"
+            ") select id, base_len from chain order by depth desc",
+            [step_id],
+        )
+        if not chain:
+            return []
+        by_step: dict[int, list[dict[str, Any]]] = {row["id"]: [] for row in chain}
+        for row in self.query(
+            "select step_id, content, content_z, sha from messages "
+            "where step_id = any(?) order by step_id, position",
+            [list(by_step)],
+        ):
+            content = row["content"] if row["content"] is not None else bytes(row["content_z"])
+            by_step[row["step_id"]].append({"content": content, "sha": row["sha"]})
+        messages: list[dict[str, Any]] = []
+        for row in chain:
+            del messages[row["base_len"] :]
+            messages.extend(by_step[row["id"]])
+        return messages
+
+    def blob(self, sha: str) -> Any:
+        rows = self.query("select body from blobs where sha = ?", [sha])
+        return json.loads(rows[0]["body"]) if rows else None
+
+    # -- attempts, events, snapshots --------------------------------------------------------------
+
+    def insert_attempt(self, row: dict[str, Any]) -> int:
+        with self._transaction() as tx:
+            return _insert(tx.raw, "attempts", row, returning=True)
+
+    def update_attempt(self, attempt_id: int, fields: dict[str, Any]) -> None:
+        with self._transaction() as tx:
+            _update(tx.raw, "attempts", "id", attempt_id, fields)
+
+    def attempts(self, step_id: int) -> list[dict[str, Any]]:
+        return self.query("select * from attempts where step_id = ? order by number", [step_id])
+
+    def insert_event(
+        self, run_id: str, kind: str, detail: dict[str, Any], *, at: float, step_id: int | None
+    ) -> None:
+        row = {"run_id": run_id, "step_id": step_id, "at": at, "kind": kind}
+        with self._transaction() as tx:
+            _insert(tx.raw, "events", {**row, "detail": dumps(detail)})
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        return self.query("select * from events where run_id = ? order by id", [run_id])
+
+    def insert_snapshot(self, row: dict[str, Any]) -> None:
+        """Insert, or replace the row with that commit whole (SQLite's `insert or replace`:
+        a column the new row leaves out is reset, not kept)."""
+        names = ", ".join(f'"{name}"' for name in row)
+        reset = ", ".join(
+            f'"{c}" = excluded."{c}"' for c in self._snapshot_columns if c != "commit_sha"
+        )
+        with self._transaction() as tx:
+            tx.raw.execute(
+                f"insert into snapshots ({names}) values ({', '.join(['%s'] * len(row))}) "
+                f"on conflict (commit_sha) do update set {reset}",
+                _row_values(row.values()),
+            )
+
+    def update_snapshot(self, commit: str, fields: dict[str, Any]) -> None:
+        with self._transaction() as tx:
+            _update(tx.raw, "snapshots", "commit_sha", commit, fields)
+
+    # -- opening: diagnose, migrate ---------------------------------------------------------------
+
+    def _prepare(self) -> tuple[int, list[str]]:
+        """Connect once, migrate under an advisory lock, and learn the per-schema lock keys."""
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.OperationalError as exc:
+            raise StoreError(describe_connect_error(self.path, exc, self._url)) from None
+        try:
+            (schema,) = conn.execute("select current_schema()").fetchone()
+            if schema is None:
+                raise StoreError(
+                    f"The PostgreSQL database {self.path} has no schema to write to (the "
+                    "search_path names none that exists); create it or fix AGENTGUARD_STORE."
+                )
+            migrate(conn, self.path, _lock_key(f"migrate:{schema}"))
+            columns = [
+                row[0]
+                for row in conn.execute(
+                    "select column_name from information_schema.columns "
+                    "where table_schema = current_schema() and table_name = 'snapshots' "
+                    "order by ordinal_position"
+                )
+            ]
+            return _lock_key(f"write:{schema}"), columns
+        except psycopg.OperationalError as exc:
+            if not _is_connection_error(exc):
+                raise
+            raise StoreError(describe_connect_error(self.path, exc, self._url)) from None
+        finally:
+            conn.close()
+
+
+class Transaction:
+    """What `write()` yields: `.conn` takes the `?`-SQL the callers already send, `.query`
+    gives dict rows (as sqlite-utils' Database does)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.conn = Connection(raw)
+        self.locked = False
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Iterator[dict]:
+        text, values = translate(sql, params)
+        with self.raw.cursor(row_factory=dict_row) as cur:
+            cur.execute(text, values)
+            rows = cur.fetchall() if cur.description else []
+        yield from rows
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Cursor:
+        return self.conn.execute(sql, params)
+
+
+class Connection:
+    """A DB-API-like face over a psycopg connection for SQLite-style SQL."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Cursor:
+        text, values = translate(sql, params)
+        cur = self.raw.cursor()
+        cur.execute(text, values)
+        return Cursor(cur, text)
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> Cursor:
+        text, _ = translate(sql, ())
+        cur = self.raw.cursor()
+        cur.executemany(text, [_params(p) for p in seq])
+        return Cursor(cur, text)
+
+
+class Cursor:
+    """fetchone / fetchall / rowcount / iteration, and `lastrowid` after an INSERT (the id
+    the insert drew from its identity sequence, asked for only when read)."""
+
+    def __init__(self, cur: Any, sql: str) -> None:
+        self._cur = cur
+        self._sql = sql
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cur.rowcount)
+
+    @property
+    def description(self) -> Any:
+        return self._cur.description
+
+    @property
+    def lastrowid(self) -> int | None:
+        if not self._sql.lstrip().lower().startswith("insert"):
+            return None
+        (value,) = self._cur.connection.execute("select lastval()").fetchone()
+        return int(value)
+
+    def fetchone(self) -> tuple | None:
+        return self._cur.fetchone() if self._cur.description else None
+
+    def fetchall(self) -> list[tuple]:
+        return self._cur.fetchall() if self._cur.description else []
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.fetchall())
+
+    def close(self) -> None:
+        self._cur.close()
+
+
+# -- SQL translation ------------------------------------------------------------------------------
+
+_NAMED = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def translate(
+    sql: str, params: Sequence[Any] | dict[str, Any] = ()
+) -> tuple[str, list[Any] | dict[str, Any]]:
+    """SQLite-style SQL and parameters → psycopg's: `?` → `%s` (`:name` → `%(name)s` when the
+    parameters are a dict), a literal `%` doubled; quoted strings and names left alone."""
+    if isinstance(params, dict):
+        return _translate(sql, True), {k: _param(v) for k, v in params.items()}
+    return _translate(sql, False), _params(params)
+
+
+@lru_cache(maxsize=512)
+def _translate(sql: str, named: bool) -> str:
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "'\"":  # a quoted string or name: copy it through its closing quote
+            end = i + 1
+            while end < n:
+                if sql[end] == ch:
+                    if end + 1 < n and sql[end + 1] == ch:  # a doubled quote inside
+                        end += 2
+                        continue
+                    break
+                end += 1
+            out.append(sql[i : end + 1].replace("%", "%%"))
+            i = end + 1
+        elif ch == "?" and not named:
+            out.append("%s")
+            i += 1
+        elif ch == ":" and named and (m := _NAMED.match(sql, i)) and sql[i - 1 : i] != ":":
+            out.append(f"%({m.group(1)})s")
+            i = m.end()
+        elif ch == "%":
+            out.append("%%")
+            i += 1
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _param(value: Any) -> Any:
+    """A parameter as SQLite would bind it: a bool is the integer 0 or 1."""
+    return int(value) if isinstance(value, bool) else value
+
+
+def _params(params: Iterable[Any]) -> list[Any]:
+    return [_param(v) for v in params]
+
+
+def _row_values(values: Iterable[Any]) -> list[Any]:
+    """A row's values as store.py's `_value` writes them: lists and dicts as JSON text."""
+    return [dumps(v) if isinstance(v, dict | list | tuple) else _param(v) for v in values]
+
+
+def _insert(conn: Any, table: str, row: dict[str, Any], *, returning: bool = False) -> int:
+    names = ", ".join(f'"{name}"' for name in row)
+    sql = f'insert into "{table}" ({names}) values ({", ".join(["%s"] * len(row))})'
+    cur = conn.execute(sql + (" returning id" if returning else ""), _row_values(row.values()))
+    return int(cur.fetchone()[0]) if returning else 0
+
+
+def _update(conn: Any, table: str, key: str, value: Any, fields: dict[str, Any]) -> None:
+    if not fields:
+        return
+    assignments = ", ".join(f'"{name}" = %s' for name in fields)
+    conn.execute(
+        f'update "{table}" set {assignments} where "{key}" = %s',
+        [*_row_values(fields.values()), value],
+    )
+
+
+# -- migrations -----------------------------------------------------------------------------------
+
+
+def migrate(conn: Any, where: str, lock_key: int) -> None:
+    """Apply the missing migrations, one process at a time (a session advisory lock), and
+    refuse a database that a newer agentguard has migrated further."""
+    conn.execute("select pg_advisory_lock(%s)", [lock_key])
+    try:
+        conn.execute(
+            f"create table if not exists {MIGRATIONS_TABLE} "
+            "(name text primary key, applied_at double precision not null)"
+        )
+        applied = {row[0] for row in conn.execute(f"select name from {MIGRATIONS_TABLE}")}
+        unknown = applied - set(KNOWN)
+        if unknown:
+            raise StoreError(
+                f"The database {where} was written by a newer agentguard "
+                f"(schema {sorted(unknown)[-1]}); upgrade agentguard to read it."
+            )
+        for name, statements in MIGRATIONS:
+            if name in applied:
+                continue
+            with conn.transaction():
+                conn.execute(statements)
+                conn.execute(
+                    f"insert into {MIGRATIONS_TABLE} (name, applied_at) values (%s, %s)",
+                    [name, time.time()],
+                )
+    finally:
+        conn.execute("select pg_advisory_unlock(%s)", [lock_key])
+
+
+def _lock_key(name: str) -> int:
+    """A stable bigint advisory-lock key for `name` (per schema, so test schemas never wait
+    for each other)."""
+    return zlib.crc32(f"agentguard:{name}".encode())
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def describe_connect_error(where: str, exc: Exception, url: str = "") -> str:
+    """One sentence for a failed connection: the server did not answer, or it refused us.
+    The password in `url`, if any, never reaches the sentence."""
+    text = " ".join(str(exc).split())
+    password = urlsplit(url).password if url else None
+    if password:
+        text = text.replace(password, "***").replace(quote(password, safe=""), "***")
+    host_port = _host_port(where)
+    if "FATAL:" in text:
+        reason = text.split("FATAL:", 1)[1].strip()
+        if "does not exist" in reason and "database" in reason:
+            return (
+                f"The PostgreSQL server at {host_port} has no such database ({reason}); "
+                "create it or fix the database name in AGENTGUARD_STORE."
+            )
+        return (
+            f"The PostgreSQL server at {host_port} refused agentguard ({reason}); "
+            "check the user and password in AGENTGUARD_STORE."
+        )
+    reason = text.removeprefix("connection failed: ")
+    reason = reason.split(" Is the server running", 1)[0]
+    return (
+        f"agentguard cannot reach the PostgreSQL server at {host_port} ({reason}); "
+        "check that the server is running and that AGENTGUARD_STORE is right."
+    )
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    """No SQLSTATE (libpq's own: refused, unreachable, closed) or class 08 (connection)."""
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08")
+
+
+def _host_port(where: str) -> str:
+    parts = urlsplit(where)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
