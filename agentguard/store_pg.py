@@ -385,6 +385,25 @@ class Transaction:
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Cursor:
         return self.conn.execute(sql, params)
 
+    def __getitem__(self, table: str) -> Table:
+        return Table(self.raw, table)
+
+
+# Each table's primary key, for sqlite-utils' `db[table].update(pk, fields)` that callers use.
+_KEYS = {"snapshots": "commit_sha", "blobs": "sha", "route_health": "route"}
+
+
+class Table:
+    """The one sqlite-utils table call the callers make inside `write()`: `update(pk, {...})`."""
+
+    def __init__(self, raw: Any, name: str) -> None:
+        self.raw = raw
+        self.name = name
+
+    def update(self, pk: Any, updates: dict[str, Any]) -> Table:
+        _update(self.raw, self.name, _KEYS.get(self.name, "id"), pk, updates)
+        return self
+
 
 class Connection:
     """A DB-API-like face over a psycopg connection for SQLite-style SQL."""

@@ -9,6 +9,7 @@ and errors that are one sentence a person can act on.
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from agentguard.breaker import Admission, Breaker, BreakerSettings
 from agentguard.budget import BudgetSettings, RetryBudget
 from agentguard.clock import FakeClock
 from agentguard.errors import StoreError
+from agentguard.resuming import mark_interrupted
 from agentguard.store import Store, open_store, unpack
 from agentguard.store_pg import PostgresStore, translate
 from agentguard.testing import FakeProvider, ok
@@ -400,6 +402,22 @@ def test_write_and_query_take_sqlite_style_sql_on_every_engine(any_store: Any) -
         db.conn.execute("update runs set name = 'lost' where id = ?", ["run-1"])
         raise RuntimeError("boom")
     assert store.get_run("run-1")["name"] == "what? 100%"
+
+
+def test_a_dead_agents_run_is_marked_interrupted_on_every_engine(any_store: Any) -> None:
+    """resuming.mark_interrupted: `db["runs"].update(...)` and `?`-SQL inside one write()."""
+    from tests.conftest import dead_pid
+
+    store = any_store
+    store.insert_run(
+        {"id": "gone", "status": "running", "pid": dead_pid(), "hostname": socket.gethostname()}
+    )
+    step_id, _ = store.begin_step(_step("gone"), [], None)
+    store.insert_attempt({"run_id": "gone", "step_id": step_id, "number": 1, "outcome": "pending"})
+    assert mark_interrupted(store) == ["gone"]
+    assert store.get_run("gone")["status"] == "interrupted"
+    assert store.get_step(step_id)["status"] == "interrupted"
+    assert [a["outcome"] for a in store.attempts(step_id)] == ["interrupted"]
 
 
 def test_translate_leaves_quoted_text_alone() -> None:
