@@ -907,6 +907,9 @@ def litellm_proxy(workdir: Path, upstream: str) -> tuple[Process | None, str]:
         "LITELLM_TELEMETRY": "False",
         "LITELLM_LOG": "ERROR",
         "NO_PROXY": "*",
+        # newer releases refuse to start without a master key; this one listens on loopback
+        # for the benchmark only, and the requests carry no key it would have to check
+        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
     }
     for var in ("DATABASE_URL", "LITELLM_MASTER_KEY", "HTTP_PROXY", "HTTPS_PROXY"):
         env.pop(var, None)
