@@ -5,6 +5,7 @@
     snapshots = true
     max_file_bytes = 10485760
     secret_files = ["*.p12"]           # also never snapshotted ("!.env.*" turns one off)
+    snapshot_remote = "git@git.internal:team/agentguard-checkpoints.git"  # checkpoints travel
 
     [providers.gateway]                # an OpenAI-compatible gateway of your own
     kind = "openai"
@@ -16,6 +17,7 @@ Arguments given to `wrap()` win over the file.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,21 @@ class AgentGuardConfig(BaseModel):
     max_file_bytes: StrictInt | None = Field(None, gt=0)
     # Changes to the built-in secret-file patterns: "*.p12" adds one, "!.env.*" turns one off.
     secret_files: list[str] | None = None
+    # A git remote (any URL git takes; a local bare repository works) that each run's
+    # checkpoints are pushed to, so `agentguard resume RUN --project DIR` works on another machine.
+    snapshot_remote: str | None = None
+
+
+SNAPSHOT_REMOTE_ENV = "AGENTGUARD_SNAPSHOT_REMOTE"
+
+
+def snapshot_remote(explicit: str | None, settings: AgentGuardConfig) -> str | None:
+    """The remote checkpoints go to: an argument, else $AGENTGUARD_SNAPSHOT_REMOTE, else the
+    config file's `snapshot_remote`; an empty string at any level means none."""
+    for value in (explicit, os.environ.get(SNAPSHOT_REMOTE_ENV), settings.snapshot_remote):
+        if value is not None:
+            return value or None
+    return None
 
 
 def load_config(

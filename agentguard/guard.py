@@ -84,6 +84,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         budget: BudgetSettings | None = None,
         store: Store | None = None,
         resume: str | None = None,
+        snapshot_remote: str | None = None,
     ) -> None:
         self.project = project_folder(project)
         self.store = store or Store.open(home)
@@ -148,6 +149,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
                     **alive,
                 }
             )
+        self._pusher = self._start_pushing(snapshot_remote)
         self._closed = False
         process_end.install()
         atexit.register(self._at_exit)

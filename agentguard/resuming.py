@@ -79,6 +79,7 @@ def resume(
     store: Store | None = None,
     accept: bool = False,
     allow_moved: bool = False,
+    snapshot_remote: str | None = None,
 ) -> ResumedRun:
     """Bring back a run's last consistent (conversation, tree) pair.
 
@@ -95,7 +96,12 @@ def resume(
     When the project's branch or HEAD moved since the checkpoint (a branch switch, a commit)
     and restoring it would rewrite files, raises `BranchMoved` naming both, before touching
     the tree: a library call cannot ask, so `allow_moved=True` restores it anyway.
+
+    A run from another machine (a fleet's shared store): its checkpoints are fetched first from
+    `snapshot_remote` (else $AGENTGUARD_SNAPSHOT_REMOTE, the folder's config, or the remote the
+    run recorded) when this machine's shadow store lacks them.
     """
+    from agentguard.remote_checkpoints import fetch_missing
     from agentguard.restoring import move_project, moved_before_rewind, rewind, shadow_dir
     from agentguard.user_repo import BranchMoved
 
@@ -112,6 +118,8 @@ def resume(
         raise RunNotFound(f"Run {run_id} has no steps yet, so there is nothing to resume.")
     if project is not None:  # the run lives there now: diff, restore, show and its next steps
         run = move_project(store, run, folder)
+    if restore:
+        fetch_missing(store, run, folder, snapshot_remote)
     shadow = ShadowRepo(folder, shadow_dir(store, run))
     step, checkpoint = _last_consistent(steps, run_id, shadow)
     if restore and checkpoint is not None and not allow_moved and shadow.has_commit(checkpoint):

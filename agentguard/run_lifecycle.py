@@ -34,6 +34,7 @@ class RunLifecycle:
     _unwritten: dict[int, Any]
     record_handed_over: Callable[[int], None]  # Guard.record_handed_over
     _git_reader: Any  # user_repo.StateReader
+    _pusher: Any  # shadow.remote.Pusher | None
     join_checkpoint: Callable[[int], StepPlan]  # Guard.join_checkpoint
     event: Callable[..., None]  # StepRecording.event
 
@@ -65,6 +66,8 @@ class RunLifecycle:
         for step_id in list(self._deferred):  # a stream's snapshot still running: record it
             drive(self.join_checkpoint(step_id), no_calls, self.clock)
         self._executor.shutdown(wait=True)
+        if self._pusher is not None:  # the last checkpoints reach the remote before the end
+            self._pusher.close()
         self._git_reader.close()
         final = status or ("completed" if self._last_status == "running" else self._last_status)
         now = self.clock.now()

@@ -14,6 +14,7 @@ from agentguard.clock import Clock
 from agentguard.plan import Action as PlanAction
 from agentguard.plan import Join
 from agentguard.routes import Route
+from agentguard.shadow.remote import Pusher, display_url
 from agentguard.snapshots import ShadowRepo, Snapshot
 from agentguard.step_types import StepState
 from agentguard.store import Store, dumps
@@ -41,6 +42,25 @@ class TreeKeeping:
     _executor: ThreadPoolExecutor
     _git_reader: StateReader  # the user's repository, read on the snapshot thread only
     event: Callable[..., None]  # StepRecording.event
+    _pusher: Pusher | None  # the checkpoints' way to the run's snapshot_remote, if it has one
+
+    def _start_pushing(self, url: str | None) -> Pusher | None:
+        """Push the run's checkpoints to `url` in the background from now on (see
+        agentguard.shadow.remote); the remote is recorded without any password in it."""
+        if self.shadow is None or not url:
+            return None
+        shown = display_url(url)
+        self.event(None, "snapshot_remote", remote=shown)
+        return Pusher(
+            self.shadow.store_dir / "repo.git",
+            url,
+            self.run_id,
+            on_failure=lambda error: self.event(
+                None, "snapshot_push_failed", remote=shown, error=error
+            ),
+            on_recovery=lambda: self.event(None, "snapshot_push_recovered", remote=shown),
+        )
+
     _write_held_back: Callable[[StepState], None]  # Guard._write_held_back
 
     def _snapshot_step(self, message: str, ref: str) -> Snapshot:
@@ -121,6 +141,8 @@ class TreeKeeping:
         )
 
     def _store_snapshot(self, state: StepState, snap: Snapshot, kind: str) -> None:
+        if self._pusher is not None:
+            self._pusher.request()
         self.store.insert_snapshot(
             {
                 "commit_sha": snap.commit,

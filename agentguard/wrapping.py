@@ -14,6 +14,7 @@ from agentguard.breaker import BreakerSettings
 from agentguard.budget import BudgetSettings
 from agentguard.clock import Clock
 from agentguard.config import load_config
+from agentguard.config import snapshot_remote as config_snapshot_remote
 from agentguard.errors import ConfigError, Refuse
 from agentguard.guard import Guard, StepRequest, project_folder
 from agentguard.plan import adrive, drive
@@ -43,6 +44,7 @@ def wrap(
     breaker: BreakerSettings | None = None,
     budget: BudgetSettings | None = None,
     resume: str | None = None,
+    snapshot_remote: str | None = None,
 ) -> Any:
     """Guard every model call of an Anthropic or OpenAI client (sync or async).
 
@@ -50,7 +52,8 @@ def wrap(
     conversation and working tree, retries overload with bounded jittered backoff (the SDK's
     own retries are switched off), falls back along `chain` as the policy allows, and records
     every attempt in the store. `resume=RUN_ID` records into an existing run instead of a new
-    one (see `agentguard.resume`).
+    one (see `agentguard.resume`). `snapshot_remote` (else $AGENTGUARD_SNAPSHOT_REMOTE, else the
+    config file's): a git remote each checkpoint is pushed to in the background.
     """
     if not isinstance(client, Anthropic | AsyncAnthropic | OpenAI | AsyncOpenAI):
         raise ConfigError(
@@ -78,6 +81,7 @@ def wrap(
         breaker=breaker,
         budget=budget,
         resume=resume,
+        snapshot_remote=config_snapshot_remote(snapshot_remote, settings),
     )
     if dispatcher.kind == "anthropic":
         cls: type[_GuardedClient] = (

@@ -30,6 +30,8 @@ from agentguard.commands.common import (
     short,
 )
 from agentguard.errors import AgentGuardError, ProjectError, SnapshotError
+from agentguard.home import project_key
+from agentguard.remote_checkpoints import fetch_missing
 from agentguard.restoring import moved_before_rewind
 from agentguard.resuming import ResumedRun, _last_consistent, due_runs, ensure_not_live, resume
 from agentguard.snapshots import ShadowRepo
@@ -78,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="restore the checkpoint even if the project's branch or HEAD moved since",
     )
+    parser.add_argument(
+        "--snapshot-remote",
+        metavar="URL",
+        help="fetch the run's checkpoints from this git remote first (a run from another "
+        "machine; default: $AGENTGUARD_SNAPSHOT_REMOTE, the config's, or the run's own)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -93,6 +101,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         return _due(ctx, store, args)
     row = find_run(store, args.run)
     project = Path(args.project).expanduser() if args.project else None
+    folder = project if project is not None else Path(row["project"])
+    if args.restore and folder.is_dir():  # a run from another machine: its checkpoints first
+        fetch_missing(store, row, folder, args.snapshot_remote)
     shadow, step, checkpoint = _check(store, row, project, args.restore)
     if args.accept:
         _check_refused(store, row)
@@ -107,6 +118,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             store=store,
             accept=args.accept,
             allow_moved=True,  # asked above
+            snapshot_remote=args.snapshot_remote,
         )
     doc = _as_json(resumed, ctx.home, project)
     if ctx.as_json:
@@ -134,6 +146,8 @@ def _check(
     if not restore:
         return None, None, None
     where = shadow_dir(store, row)
+    if project is not None and not (where / "repo.git" / "HEAD").is_file():
+        where = store.home / "shadow" / project_key(folder.resolve())  # fetched here, or made
     if not (where / "repo.git" / "HEAD").is_file():
         if any(s["checkpoint"] for s in steps):
             raise SnapshotError(

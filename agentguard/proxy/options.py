@@ -18,6 +18,7 @@ from typing import Any
 
 from agentguard.clock import Clock, SystemClock
 from agentguard.config import load_config
+from agentguard.config import snapshot_remote as config_snapshot_remote
 from agentguard.guard import project_folder
 from agentguard.policy import Policy, resolve_policy
 from agentguard.routes import KNOWN_PROVIDERS, Route, check_keys, parse_chain
@@ -52,6 +53,7 @@ class ProxyOptions:
     hold_non_streaming: float = HOLD_NON_STREAMING
     ping_interval: float = PING_INTERVAL
     session_idle: float = SESSION_IDLE  # 0: a session's run stays open while the proxy runs
+    snapshot_remote: str | None = None  # a git remote each run's checkpoints are pushed to
 
     def monotonic(self) -> float:
         """Seconds on the proxy's clock (the tests' clock in tests)."""
@@ -78,6 +80,7 @@ class ProxyOptions:
         hold_non_streaming: float = HOLD_NON_STREAMING,
         ping_interval: float = PING_INTERVAL,
         session_idle: float = SESSION_IDLE,
+        snapshot_remote: str | None = None,
     ) -> ProxyOptions:
         """Validate everything before the proxy listens; a problem is one ConfigError."""
         folder = project_folder(project)
@@ -120,6 +123,7 @@ class ProxyOptions:
             hold_non_streaming=hold_non_streaming,
             ping_interval=ping_interval,
             session_idle=session_idle,
+            snapshot_remote=config_snapshot_remote(snapshot_remote, settings),
         )
 
     def hold_for(self, policy: Policy, *, stream: bool) -> float:

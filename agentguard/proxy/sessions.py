@@ -168,6 +168,7 @@ class Sessions:
             secret_files=o.secret_files,
             store=self.store,
             resume=resume,
+            snapshot_remote=o.snapshot_remote,
         )
 
     async def step(
