@@ -47,7 +47,7 @@ from agentguard.run_lifecycle import RunLifecycle
 from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES, ShadowRepo
 from agentguard.step_recording import StepRecording
 from agentguard.step_types import RouteFailure, Served, StepRequest, StepState, summarize
-from agentguard.store import Store
+from agentguard.store import Store, open_store
 from agentguard.tree_keeping import TreeKeeping
 from agentguard.user_repo import StateReader
 
@@ -87,7 +87,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         snapshot_remote: str | None = None,
     ) -> None:
         self.project = project_folder(project)
-        self.store = store or Store.open(home)
+        self.store = store or open_store(home)
         previous = self._previous_run(resume) if resume else None
         if policy is None and previous is not None and previous["policy"]:
             policy = json.loads(previous["policy"])

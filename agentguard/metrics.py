@@ -20,6 +20,14 @@ OVERLOAD = "(status_code = 529 or error_type = 'overloaded_error')"
 # Rows with no known outcome: still in flight, cut short by a process that died, or cancelled
 # by the caller before an answer came.
 NO_OUTCOME = "('pending', 'interrupted', 'cancelled')"
+
+
+def count_where(condition: str) -> str:
+    """SQL counting the rows where `condition` holds, on SQLite and PostgreSQL alike (which
+    does not sum booleans)."""
+    return f"sum(case when {condition} then 1 else 0 end)"
+
+
 WARN_RATE = 0.02  # a 529 rate above 2 % is more than background noise
 ALERT_WINDOW_S = 300.0
 
@@ -115,9 +123,9 @@ def compute(
 
     for row in store.query(
         f"""select model, count(*) as attempts,
-                   sum({OVERLOAD}) as overloaded,
-                   sum(status_code = 429) as rate_limited,
-                   sum(outcome = 'ok') as served
+                   {count_where(OVERLOAD)} as overloaded,
+                   {count_where("status_code = 429")} as rate_limited,
+                   {count_where("outcome = 'ok'")} as served
             from attempts where started_at between ? and ? and outcome not in {NO_OUTCOME}
             group by model order by attempts desc""",
         window,
@@ -244,7 +252,7 @@ def alerts(store: Store, *, until: float, final_failures: int) -> list[Alert]:
 
 def _overload_rate(store: Store, lo: float, hi: float) -> tuple[float, int]:
     row = store.query(
-        f"""select count(*) as n, sum({OVERLOAD}) as o from attempts
+        f"""select count(*) as n, {count_where(OVERLOAD)} as o from attempts
             where started_at > ? and started_at <= ? and outcome not in {NO_OUTCOME}""",
         [lo, hi],
     )[0]

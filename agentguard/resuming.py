@@ -20,7 +20,7 @@ from typing import Any
 from agentguard.conversation import stored_params
 from agentguard.errors import ProjectError, RunBusy, RunNotFound, SnapshotError
 from agentguard.snapshots import RestoreResult, ShadowRepo
-from agentguard.store import Store
+from agentguard.store import Store, open_store
 
 
 @dataclass
@@ -105,7 +105,7 @@ def resume(
     from agentguard.restoring import move_project, moved_before_rewind, rewind, shadow_dir
     from agentguard.user_repo import BranchMoved
 
-    store = store or Store.open(home)
+    store = store or open_store(home)
     run = ensure_not_live(store, run_id, "resuming it")  # before anything is touched
     folder = Path(project) if project is not None else Path(run["project"])
     if not folder.is_dir():

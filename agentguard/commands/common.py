@@ -33,7 +33,7 @@ from agentguard.restoring import (  # noqa: F401 - the commands' shared helpers 
     step_ref,
 )
 from agentguard.resuming import mark_interrupted
-from agentguard.store import Store
+from agentguard.store import Store, open_store
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -89,7 +89,7 @@ class Context:
     def store(self) -> Store:
         """The store, with runs whose process died already marked `interrupted`."""
         if self._store is None:
-            self._store = Store.open(self.home)
+            self._store = open_store(self.home)
             mark_interrupted(self._store)
         return self._store
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from agentguard.commands.common import Context
+from agentguard.commands.common import Context, Refused
+from agentguard.store import STORE_ENV
 
 NAME = "watch"
 SUMMARY = "Watch every run, attempt, retry and substitution live in a terminal UI."
@@ -25,5 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     from agentguard.tui.watch import run as watch
+
+    if args.db is None and os.environ.get(STORE_ENV, "").startswith(("postgres://", "postgresql")):
+        raise Refused(  # said, rather than showing this machine's empty SQLite file
+            f"agentguard watch does not read a PostgreSQL store yet (${STORE_ENV}); use "
+            "`agentguard runs`, `show` and `stats`, or unset it to watch this machine's store."
+        )
 
     return watch(db=args.db, home=ctx.home, run_id=args.run)

@@ -51,7 +51,7 @@ from agentguard.proxy.upstream import (
 from agentguard.records import StepInfo, info
 from agentguard.routes import Route
 from agentguard.step_types import Served, StepRequest
-from agentguard.store import Store, dumps
+from agentguard.store import Store, dumps, open_store
 
 log = logging.getLogger("agentguard.proxy")
 
@@ -68,7 +68,7 @@ class ProxyServer:
 
     def __init__(self, options: ProxyOptions, store: Store | None = None) -> None:
         self.options = options
-        self.store = store or Store.open(options.home)
+        self.store = store or open_store(options.home)
         self.sessions = Sessions(options, self.store)
         self.upstream: Upstream | None = None
         self.port: int | None = None
