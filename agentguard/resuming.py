@@ -299,6 +299,29 @@ def ensure_not_live(store: Store, run_id: str, doing: str = "touching it") -> di
     return run
 
 
+def claim_run(store: Store, run_id: str, doing: str = "resuming the run") -> dict[str, Any]:
+    """Take a run over for this process: `ensure_not_live`'s check and the run marked ours
+    (running, our pid and host) in one write transaction, so of two processes — or two
+    machines on one shared store — taking the same run at once, one wins and the other gets
+    RunBusy."""
+    run = ensure_not_live(store, run_id, doing)  # a clear error before the transaction
+    host, pid = socket.gethostname(), os.getpid()
+    with store.write() as db:
+        status, owner, where = db.conn.execute(
+            "select status, pid, hostname from runs where id = ?", [run_id]
+        ).fetchone()
+        if status == "running" and not (owner == pid and where in (None, host)):
+            raise RunBusy(
+                f"Run {run_id} is still running in process {owner} on {where}; "
+                f"stop that agent before {doing}."
+            )
+        db.conn.execute(
+            "update runs set status = 'running', pid = ?, hostname = ? where id = ?",
+            [pid, host, run_id],
+        )
+    return {**run, "status": status}
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -15,7 +15,7 @@ from agentguard.clock import Clock
 from agentguard.conversation import Head
 from agentguard.plan import StepPlan, drive, no_calls
 from agentguard.process_end import describe as describe_exception
-from agentguard.resuming import ensure_not_live
+from agentguard.resuming import claim_run
 from agentguard.store import Store
 
 log = logging.getLogger("agentguard")
@@ -39,8 +39,9 @@ class RunLifecycle:
     event: Callable[..., None]  # StepRecording.event
 
     def _previous_run(self, run_id: str) -> dict[str, Any]:
-        """The run to continue, once no other live process drives it (else RunBusy)."""
-        return ensure_not_live(self.store, run_id, "resuming the run")
+        """The run to continue, taken over once no other live process drives it (else
+        RunBusy; two taking it at once: one wins)."""
+        return claim_run(self.store, run_id, "resuming the run")
 
     def _head_of(self, run_id: str) -> Head:
         """The conversation of a run's last step: new steps store only what they add to it."""

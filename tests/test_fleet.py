@@ -21,7 +21,7 @@ from agentguard.errors import RunBusy
 from agentguard.metrics import compute
 from agentguard.store import DB_NAME, STORE_ENV, open_store
 from agentguard.testing import FakeProvider, overloaded
-from tests.conftest import user
+from tests.conftest import Engine, user
 
 MODEL = "claude-opus-4-7"
 
@@ -72,6 +72,58 @@ def test_a_run_live_on_another_machine_cannot_be_resumed_here(
     with pytest.raises(RunBusy, match="ci-runner-7"):
         agentguard.resume(guard.run_id)
     guard._closed = True  # "its" process lives on the other machine
+
+
+def _take_over(run_id: str, project: str, env: dict[str, str], start: Any, end: Any, out: Any):
+    """A second "machine": take the run over once both are ready; hold it until both tried.
+
+    Both pass the pre-check (`ensure_not_live`, made to wait for the other here) before either
+    takes the run: only a take-over decided inside the write transaction can refuse one."""
+    import os
+
+    from agentguard import resuming
+
+    os.environ.update(env)
+    checked = resuming.ensure_not_live
+
+    def both_checked(*args: Any, **kwargs: Any) -> Any:
+        run = checked(*args, **kwargs)
+        start.wait()
+        return run
+
+    resuming.ensure_not_live = both_checked  # type: ignore[assignment]
+    try:
+        agentguard.Guard(project, snapshots=False, resume=run_id)
+        out.put("won")
+    except RunBusy:
+        out.put("busy")
+    end.wait()
+
+
+def test_two_takers_of_one_run_one_wins(engine: Engine, project: Path) -> None:
+    """Two processes resuming the same run at the same moment, on each engine."""
+    import multiprocessing
+
+    if engine.name == "sqlite":
+        env = {"AGENTGUARD_HOME": str(Path(engine.locator).parent), STORE_ENV: ""}
+    else:
+        env = {STORE_ENV: engine.locator}
+    store = engine.open()
+    guard = agentguard.Guard(project, snapshots=False, store=store)
+    guard.close()
+    ctx = multiprocessing.get_context("spawn")
+    start, end, out = ctx.Barrier(2), ctx.Barrier(3), ctx.Queue()
+    takers = [
+        ctx.Process(target=_take_over, args=(guard.run_id, str(project), env, start, end, out))
+        for _ in range(2)
+    ]
+    for taker in takers:
+        taker.start()
+    results = sorted(out.get(timeout=120) for _ in takers)
+    end.wait(timeout=120)
+    for taker in takers:
+        taker.join(timeout=120)
+    assert results == ["busy", "won"]
 
 
 def test_watch_says_it_does_not_read_postgresql_yet(fleet_store: str, capsys: Any) -> None:
