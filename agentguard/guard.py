@@ -38,6 +38,7 @@ from agentguard.conversation import Head, delta, request_blob
 from agentguard.errors import ProjectError, Refuse, RetriesExhausted, RunQueued
 from agentguard.home import project_key
 from agentguard.model_ids import same_model
+from agentguard.otel import StepTracer
 from agentguard.plan import Action as PlanAction
 from agentguard.plan import Call, Sleep, StepPlan
 from agentguard.policy import Policy, resolve_policy
@@ -74,6 +75,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         policy: str | Policy | dict[str, Any] | None = None,
         chain: Sequence[Route] = (),
         on_substitution: Callable[[StepInfo], Refuse | None] | None = None,
+        tracer_provider: Any = None,
         home: str | os.PathLike[str] | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -151,6 +153,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             )
         self._pusher = self._start_pushing(snapshot_remote)
         self._closed = False
+        self.tracing = StepTracer(self.run_id, self.clock, tracer_provider)  # OpenTelemetry
         process_end.install()
         atexit.register(self._at_exit)
 
@@ -640,13 +643,13 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         state.ended = True
         self._last_status = "running"
         attach(served.value, info)
-        if not substituted:
-            return served.value
-        refusal = self._announce(info, notify=hand_over)
+        refusal = self._announce(info, notify=hand_over) if substituted else None
         if swapped and self.policy.substitution == "forbid":
             refusal = Refuse(f"policy {self.policy.name!r} forbids substitution")
-        if refusal is not None and hand_over:
-            self._refuse(state, info, refusal)
+        refused = refusal if hand_over else None
+        self.tracing.served(state, info, served, refused=refused, handed_over=hand_over)
+        if refused is not None:
+            self._refuse(state, info, refused)
         return served.value
 
     # -- endings ---------------------------------------------------------------------------------

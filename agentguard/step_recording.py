@@ -12,6 +12,7 @@ from typing import Any
 
 from agentguard.clock import Clock
 from agentguard.errors import Refuse, RunQueued
+from agentguard.otel import StepTracer
 from agentguard.policy import Policy
 from agentguard.process_end import describe as describe_exception
 from agentguard.records import AttemptRecord, StepInfo
@@ -36,6 +37,7 @@ class StepRecording:
     _write: Callable[[StepState, Callable[[], Any]], None]  # Guard._write
     _start_snapshot: Callable[[StepState], None]  # TreeKeeping._start_snapshot
     record_handed_over: Callable[[int], None]  # Guard.record_handed_over
+    tracing: StepTracer  # the step's spans, once its outcome is final
 
     def event(self, step_id: int | None, kind: str, **detail: Any) -> None:
         self.store.insert_event(self.run_id, kind, detail, at=self.clock.now(), step_id=step_id)
@@ -59,6 +61,7 @@ class StepRecording:
             self.event(step_id, f"stream_{status}", reason=reason)
         if fields:
             self.store.update_step(step_id, **fields)
+        self.tracing.stream_ended(step_id, final, status, reason)
 
     def _open_attempt(self, state: StepState, route: Route, number: int, began_at: float) -> int:
         """Write the attempt before it is sent: a crash mid-call still leaves its trace."""
@@ -198,6 +201,7 @@ class StepRecording:
         future, state.snapshot = state.snapshot, None
         if future is not None:
             future.add_done_callback(lambda done: self._late_checkpoint(state, done))
+        self.tracing.cancelled(state, exc)
 
     def _late_checkpoint(self, state: StepState, done: Future[Snapshot]) -> None:
         """A cancelled step's snapshot, finished in the background: record it like any other."""
@@ -227,6 +231,7 @@ class StepRecording:
         if isinstance(exc, RunQueued):
             fields["next_attempt_at"] = exc.next_attempt_at.timestamp()
         self.store.update_run(self.run_id, **fields)
+        self.tracing.failed(state, exc)
 
 
 def _cancel_reason(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ def wrap(
     policy: str | Policy | dict[str, Any] | None = None,
     chain: Iterable[ChainEntry] | None = None,
     on_substitution: Callable[[StepInfo], Refuse | None] | None = None,
+    tracer_provider: Any = None,  # OpenTelemetry's; default: the global one (agentguard.otel)
     config: str | os.PathLike[str] | None = None,
     home: str | os.PathLike[str] | None = None,
     clock: Clock | None = None,
@@ -72,6 +73,7 @@ def wrap(
         policy=policy if policy is not None else settings.policy,
         chain=routes,
         on_substitution=on_substitution,
+        tracer_provider=tracer_provider,
         home=home,
         clock=clock,
         rng=rng,
