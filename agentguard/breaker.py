@@ -25,6 +25,7 @@ from typing import Any
 
 from agentguard.clock import Clock
 from agentguard.store import Store
+from agentguard.store_pg_changes import ROUTES_CHANNEL
 
 # A success on a clean route refreshes `last_success_at` at most this often, so the hot path
 # of a healthy route is a read, not a write transaction.
@@ -118,6 +119,8 @@ class Breaker:
         ):
             return  # already clean and recently stamped: no write on a healthy route
         with self.store.write() as db:
+            # other machines' steps backing off this route wake on it (sent on commit)
+            self.store.announce(ROUTES_CHANNEL, route)
             if sent_at is not None:
                 cursor = db.conn.execute(
                     "update route_health set last_success_at = ?, updated_at = ? "

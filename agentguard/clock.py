@@ -9,6 +9,17 @@ from typing import Protocol
 
 # How often a wakeable wait looks at its condition (one SQLite read when it asks the store).
 WAKE_POLL_S = 0.05
+# With a change feed (a PostgreSQL store's LISTEN/NOTIFY), the condition is asked only when a
+# change was announced — and at least this often, in case an announcement was lost.
+CHANGES_RECHECK_S = 5.0
+
+
+class Changes(Protocol):
+    """Announcements that the shared state a wait depends on may have changed."""
+
+    def mark(self) -> int:
+        """A counter that moves on every announcement (cheap: no I/O)."""
+        ...
 
 
 class Clock(Protocol):
@@ -24,11 +35,35 @@ class Clock(Protocol):
 
     async def asleep(self, seconds: float) -> None: ...
 
-    def wait(self, seconds: float, wake: Callable[[], bool]) -> float:
-        """Sleep up to `seconds`, returning early once `wake()` is true; the seconds waited."""
+    def wait(
+        self, seconds: float, wake: Callable[[], bool], changes: Changes | None = None
+    ) -> float:
+        """Sleep up to `seconds`, returning early once `wake()` is true; the seconds waited.
+        With `changes`, `wake()` is asked when they announce something, not every poll."""
         ...
 
-    async def await_(self, seconds: float, wake: Callable[[], bool]) -> float: ...
+    async def await_(
+        self, seconds: float, wake: Callable[[], bool], changes: Changes | None = None
+    ) -> float: ...
+
+
+class _Asking:
+    """When a wait should ask its condition: every poll, or — with a change feed — after an
+    announcement (or CHANGES_RECHECK_S without one)."""
+
+    def __init__(self, changes: Changes | None) -> None:
+        self.changes = changes
+        self.mark = changes.mark() if changes is not None else 0
+        self.asked = time.perf_counter()
+
+    def due(self) -> bool:
+        if self.changes is None:
+            return True
+        mark, now = self.changes.mark(), time.perf_counter()
+        if mark == self.mark and now - self.asked < CHANGES_RECHECK_S:
+            return False
+        self.mark, self.asked = mark, now
+        return True
 
 
 class SystemClock:
@@ -46,19 +81,23 @@ class SystemClock:
         if seconds > 0:
             await asyncio.sleep(seconds)
 
-    def wait(self, seconds: float, wake: Callable[[], bool]) -> float:
-        began = time.perf_counter()
+    def wait(
+        self, seconds: float, wake: Callable[[], bool], changes: Changes | None = None
+    ) -> float:
+        began, asking = time.perf_counter(), _Asking(changes)
         while (left := seconds - (time.perf_counter() - began)) > 0:
             time.sleep(min(left, WAKE_POLL_S))
-            if wake():
+            if asking.due() and wake():
                 break
         return time.perf_counter() - began
 
-    async def await_(self, seconds: float, wake: Callable[[], bool]) -> float:
-        began = time.perf_counter()
+    async def await_(
+        self, seconds: float, wake: Callable[[], bool], changes: Changes | None = None
+    ) -> float:
+        began, asking = time.perf_counter(), _Asking(changes)
         while (left := seconds - (time.perf_counter() - began)) > 0:
             await asyncio.sleep(min(left, WAKE_POLL_S))
-            if wake():
+            if asking.due() and wake():
                 break
         return time.perf_counter() - began
 
@@ -89,7 +128,9 @@ class FakeClock:
     async def asleep(self, seconds: float) -> None:
         self.sleep(seconds)
 
-    def wait(self, seconds: float, wake: Callable[[], bool]) -> float:
+    def wait(
+        self, seconds: float, wake: Callable[[], bool], changes: Changes | None = None
+    ) -> float:
         waited = 0.0
         while waited < seconds:
             tick = min(WAKE_POLL_S, seconds - waited)
@@ -100,5 +141,7 @@ class FakeClock:
         self.sleeps.append(waited)
         return waited
 
-    async def await_(self, seconds: float, wake: Callable[[], bool]) -> float:
+    async def await_(
+        self, seconds: float, wake: Callable[[], bool], changes: Changes | None = None
+    ) -> float:
         return self.wait(seconds, wake)

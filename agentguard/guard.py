@@ -459,7 +459,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             return self.breaker.recovered_since(route.key, sent_at)
 
         while True:
-            waited += yield Sleep(delay, wake=recovered)
+            waited += yield Sleep(delay, wake=recovered, changes=self.store.changes)
             state.slept = waited
             if recovered():
                 return None

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from agentguard.clock import Clock
+from agentguard.clock import Changes, Clock
 from agentguard.routes import Route
 
 
@@ -30,6 +30,7 @@ class Sleep:
 
     seconds: float
     wake: Callable[[], bool] | None = None
+    changes: Changes | None = None  # announces when `wake` may have become true
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ def _perform(action: Action, call: Callable[[Call], Any], clock: Clock) -> Any:
         if action.wake is None:
             clock.sleep(action.seconds)
             return action.seconds
+        if action.changes is not None:
+            return clock.wait(action.seconds, action.wake, action.changes)
         return clock.wait(action.seconds, action.wake)
     try:
         return action.future.result()
@@ -111,6 +114,8 @@ async def _aperform(action: Action, call: Callable[[Call], Awaitable[Any]], cloc
         if action.wake is None:
             await clock.asleep(action.seconds)
             return action.seconds
+        if action.changes is not None:
+            return await clock.await_(action.seconds, action.wake, action.changes)
         return await clock.await_(action.seconds, action.wake)
     try:
         return await asyncio.wrap_future(action.future)

@@ -99,6 +99,12 @@ class Store:
     def home(self) -> Path:
         return self.path.parent
 
+    # Waits for another process's write poll SQLite (see clock.WAKE_POLL_S): no announcements.
+    changes: None = None
+
+    def announce(self, channel: str, payload: str) -> None:
+        """What a PostgreSQL store NOTIFYs other machines of; on SQLite the waiters poll."""
+
     def close(self) -> None:
         """Let go of this handle; the connection closes with the process's last handle."""
         if not self._closed:

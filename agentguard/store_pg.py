@@ -35,6 +35,7 @@ from agentguard.errors import StoreError
 from agentguard.home import home_dir
 from agentguard.migrations_pg import KNOWN, MIGRATIONS
 from agentguard.store import dumps, pack
+from agentguard.store_pg_changes import Listener
 
 try:
     import psycopg
@@ -80,6 +81,8 @@ class PostgresStore:
         self._home = home_dir(home)
         self._local = threading.local()
         self._closed = False
+        self._listener: Listener | None = None
+        self._listener_lock = threading.Lock()
         self._write_key, self._snapshot_columns = self._prepare()
         self._pool = ConnectionPool(
             url,
@@ -103,9 +106,27 @@ class PostgresStore:
     def display(self) -> str:
         return self.path
 
+    @property
+    def changes(self) -> Listener:
+        """Route-health announcements from every machine (LISTEN), started on first use."""
+        with self._listener_lock:
+            if self._listener is None:
+                url = self._url
+                self._listener = Listener(
+                    lambda: psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+                )
+            return self._listener
+
+    def announce(self, channel: str, payload: str) -> None:
+        """NOTIFY every machine's listeners; inside a write() it is sent when that commits."""
+        with self._connection() as conn:
+            conn.execute("select pg_notify(%s, %s)", [channel, payload])
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._listener is not None:
+                self._listener.close()
             self._pool.close()
 
     # -- transactions and plain SQL -------------------------------------------------------------

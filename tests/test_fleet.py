@@ -72,6 +72,7 @@ def test_a_run_live_on_another_machine_cannot_be_resumed_here(
     with pytest.raises(RunBusy, match="ci-runner-7"):
         agentguard.resume(guard.run_id)
     guard._closed = True  # "its" process lives on the other machine
+    guard.store.close()
 
 
 def _take_over(run_id: str, project: str, env: dict[str, str], start: Any, end: Any, out: Any):
@@ -132,3 +133,53 @@ def test_watch_says_it_does_not_read_postgresql_yet(fleet_store: str, capsys: An
     err = capsys.readouterr().err
     assert err.startswith("agentguard: agentguard watch does not read a PostgreSQL store yet")
     assert err.count("\n") == 1
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def mark(self) -> int:
+        return self.count
+
+
+def test_with_a_change_feed_a_wait_asks_only_after_an_announcement() -> None:
+    """Across a fleet a backing-off step must not query the server every poll."""
+    from agentguard.clock import _Asking
+
+    feed = _Counter()
+    asking = _Asking(feed)
+    assert [asking.due() for _ in range(5)] == [False] * 5  # nothing announced: no query
+    feed.count += 1
+    assert asking.due() and not asking.due()  # one query per announcement
+    assert _Asking(None).due() and _Asking(None).due()  # no feed (SQLite): every poll
+
+
+def test_a_step_backing_off_wakes_on_another_machines_answer(fleet_store: str) -> None:
+    """Machine B's answer from the route, committed on the shared store, wakes machine A's
+    wait through LISTEN/NOTIFY, long before its backoff would end."""
+    import threading
+
+    from agentguard.breaker import Breaker
+    from agentguard.clock import SystemClock
+
+    here, there = open_store(), open_store()  # two machines' handles: two pools, two listeners
+    clock = SystemClock()
+    route, sent_at = "anthropic:claude-opus-4-7", clock.now()
+    Breaker(here, clock).record_failure(route)
+    asked: list[bool] = []
+
+    def recovered() -> bool:
+        asked.append(Breaker(here, clock).recovered_since(route, sent_at))
+        return asked[-1]
+
+    waited: list[float] = []
+    changes = here.changes
+    waiter = threading.Thread(target=lambda: waited.append(clock.wait(60, recovered, changes)))
+    waiter.start()
+    Breaker(there, clock).record_success(route, sent_at=sent_at + 0.001)
+    waiter.join(timeout=60)
+    assert waited and waited[0] < 30 and asked[-1]  # woken by the answer, not by the timeout
+    assert len(asked) <= 3  # asked when told, not every 50 ms
+    here.close()
+    there.close()

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agentguard.clock import Clock
+from agentguard.clock import Changes, Clock
 from agentguard.guard import Hold
 from agentguard.plan import Call
 from agentguard.proxy import answers
@@ -186,7 +186,11 @@ class _PingingClock:
     def sleep(self, seconds: float) -> None:
         self.inner.sleep(seconds)
 
-    def wait(self, seconds: float, wake: Callable[[], bool]) -> float:
+    def wait(
+        self, seconds: float, wake: Callable[[], bool], changes: Changes | None = None
+    ) -> float:
+        if changes is not None:
+            return self.inner.wait(seconds, wake, changes)
         return self.inner.wait(seconds, wake)
 
     async def asleep(self, seconds: float) -> None:
@@ -195,7 +199,11 @@ class _PingingClock:
         else:
             await self.inner.asleep(seconds)
 
-    async def await_(self, seconds: float, wake: Callable[[], bool]) -> float:
+    async def await_(
+        self, seconds: float, wake: Callable[[], bool], changes: Changes | None = None
+    ) -> float:
         if self.keeper.held:
             return await self.keeper.sleep(seconds, wake)
+        if changes is not None:
+            return await self.inner.await_(seconds, wake, changes)
         return await self.inner.await_(seconds, wake)
