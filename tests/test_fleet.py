@@ -183,3 +183,23 @@ def test_a_step_backing_off_wakes_on_another_machines_answer(fleet_store: str) -
     assert len(asked) <= 3  # asked when told, not every 50 ms
     here.close()
     there.close()
+
+
+def test_runs_shows_the_machine_of_each_run(
+    fleet_store: str, project: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours = agentguard.Guard(project, snapshots=False)
+    theirs = agentguard.Guard(project, snapshots=False)
+    theirs.store.update_run(theirs.run_id, hostname="ci-runner-7")
+    for guard in (ours, theirs):
+        guard.close()
+    capsys.readouterr()
+    assert main(["runs", "--json"]) == 0
+    hosts = {r["id"]: r["hostname"] for r in json.loads(capsys.readouterr().out)["runs"]}
+    assert hosts == {ours.run_id: socket.gethostname(), theirs.run_id: "ci-runner-7"}
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["runs"]) == 0
+    table = capsys.readouterr().out
+    assert "host" in table and "ci-runner-7" in table
+    for guard in (ours, theirs):
+        guard.store.close()

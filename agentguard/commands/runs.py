@@ -123,6 +123,7 @@ def _as_json(r: dict[str, Any]) -> dict[str, Any]:
         "name": r["name"],
         "status": r["status"],
         "project": r["project"],
+        "hostname": r["hostname"],
         "created_at": iso(r["created_at"]),
         "updated_at": iso(r["updated_at"]),
         "ended_at": iso(r["ended_at"]),
@@ -137,11 +138,15 @@ def _as_json(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table(runs: list[dict[str, Any]], now: float, width: int) -> Group:
-    """Every column on a wide terminal. At 80 columns the project is left out (it is in --json
-    and `show`), the models that also served follow the primary, and last errors are listed
-    under the table, one line each, rather than cut to a few characters."""
+    """Every column on a wide terminal; the machine of each run when they ran on several (a
+    fleet's shared store). At 80 columns the project is left out (it is in --json and `show`),
+    the models that also served follow the primary, and last errors are listed under the
+    table, one line each, rather than cut to a few characters."""
     wide = width >= WIDE
+    fleet = len({r["hostname"] for r in runs}) > 1  # runs of several machines (a shared store)
     cols = [Col("id"), Col("name", flex=1, min=8), Col("status")]
+    if fleet:
+        cols.append(Col("host", flex=1, min=6))
     if wide:
         cols.append(Col("project", flex=2))
     cols += [Col("age", justify="right"), Col("steps", justify="right")]
@@ -164,6 +169,8 @@ def _table(runs: list[dict[str, Any]], now: float, width: int) -> Group:
             error = f"{nxt}: {error}" if error else nxt
         style = "red" if r["status"] == "failed" else ("yellow" if error else "")
         cells = [plain(r["id"]), cut(r["name"]), status_text(r["status"])]
+        if fleet:
+            cells.append(cut(r["hostname"] or "-"))
         if wide:
             cells.append(cut(Path(r["project"]).name if r["project"] else "-"))
         cells += [plain(age(r["updated_at"] or r["created_at"], now)), plain(r["steps"])]
