@@ -91,6 +91,9 @@ class PostgresStore:
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
             name="agentguard",
             open=True,
+            # a connection the server dropped (a restart, pg_terminate_backend) is replaced
+            # when taken from the pool, not found broken by the step's write
+            check=ConnectionPool.check_connection,
         )
 
     @classmethod

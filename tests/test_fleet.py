@@ -203,3 +203,25 @@ def test_runs_shows_the_machine_of_each_run(
     assert "host" in table and "ci-runner-7" in table
     for guard in (ours, theirs):
         guard.store.close()
+
+
+def test_steps_go_on_after_the_server_drops_every_connection(
+    fleet_store: str, fake: FakeProvider, guarded: Any
+) -> None:
+    """The server ends every agentguard connection between two steps (what a restart does):
+    the next step reconnects; nothing is lost or written twice."""
+    client = guarded()
+    client.messages.create(model=MODEL, max_tokens=16, messages=[user("one")])
+    with psycopg.connect(fleet_store, autocommit=True) as admin:
+        killed = admin.execute(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+            "where datname = current_database() and pid <> pg_backend_pid() "
+            "and backend_type = 'client backend'"
+        ).fetchone()
+    assert killed and killed[0] >= 1
+    client.messages.create(model=MODEL, max_tokens=16, messages=[user("two")])
+    run_id = client.run_id
+    client.agentguard.close()
+    steps = _rows(fleet_store, f"select number, status from steps where run_id='{run_id}'")
+    assert sorted(steps) == [(1, "ok"), (2, "ok")]
+    assert [o for (o,) in _rows(fleet_store, "select outcome from attempts")] == ["ok", "ok"]
