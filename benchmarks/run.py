@@ -9,7 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import checkpoint, conversation, goodput, proxy, resume, statusline, tui_scale
+from benchmarks import (
+    checkpoint,
+    conversation,
+    goodput,
+    proxy,
+    resume,
+    statusline,
+    store_throughput,
+    tui_scale,
+)
 from benchmarks.common import Report
 
 
@@ -26,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         ("tui_scale", lambda: tui_scale.main(["--runs", "1000"] if args.quick else [])),
         ("statusline", statusline.main),
         ("proxy", lambda: proxy.main(args.quick)),
+        ("store_throughput", lambda: store_throughput.main(args.quick)),
         (
             "goodput",
             lambda: goodput.main(
