@@ -63,7 +63,36 @@ def open_store(
     return Store.open(home)
 
 
-class Store:
+class StoreReads:
+    """The rows every engine reads the same way, through its own `query` (SQLite's and
+    PostgreSQL's stores differ in how they write, not in these)."""
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        rows = self.query("select * from runs where id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def get_step(self, step_id: int) -> dict[str, Any] | None:
+        rows = self.query("select * from steps where id = ?", [step_id])
+        return rows[0] if rows else None
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        return self.query("select * from steps where run_id = ? order by number", [run_id])
+
+    def blob(self, sha: str) -> Any:
+        rows = self.query("select body from blobs where sha = ?", [sha])
+        return json.loads(rows[0]["body"]) if rows else None
+
+    def attempts(self, step_id: int) -> list[dict[str, Any]]:
+        return self.query("select * from attempts where step_id = ? order by number", [step_id])
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        return self.query("select * from events where run_id = ? order by id", [run_id])
+
+
+class Store(StoreReads):
     """A handle on the store, safe to share between the threads of one process.
 
     Every handle on one database file in a process shares one SQLite connection (see
@@ -142,10 +171,6 @@ class Store:
         with self.write() as db:
             _update(db.conn, "runs", "id", run_id, fields)
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
-        rows = self.query("select * from runs where id = ?", [run_id])
-        return rows[0] if rows else None
-
     # -- steps --------------------------------------------------------------------------------
 
     def begin_step(
@@ -208,13 +233,6 @@ class Store:
             _update(db.conn, "steps", "id", step_id, step)
             _update(db.conn, "runs", "id", run_id, run)
 
-    def get_step(self, step_id: int) -> dict[str, Any] | None:
-        rows = self.query("select * from steps where id = ?", [step_id])
-        return rows[0] if rows else None
-
-    def steps(self, run_id: str) -> list[dict[str, Any]]:
-        return self.query("select * from steps where run_id = ? order by number", [run_id])
-
     def conversation(self, step_id: int) -> list[dict[str, Any]]:
         """Rebuild a step's whole conversation from its own messages and its parents'."""
         return [json.loads(unpack(row["content"])) for row in self.conversation_rows(step_id)]
@@ -240,10 +258,6 @@ class Store:
             )
         return messages
 
-    def blob(self, sha: str) -> Any:
-        rows = self.query("select body from blobs where sha = ?", [sha])
-        return json.loads(rows[0]["body"]) if rows else None
-
     # -- attempts, events, snapshots -----------------------------------------------------------
 
     def insert_attempt(self, row: dict[str, Any]) -> int:
@@ -254,18 +268,12 @@ class Store:
         with self.write() as db:
             _update(db.conn, "attempts", "id", attempt_id, fields)
 
-    def attempts(self, step_id: int) -> list[dict[str, Any]]:
-        return self.query("select * from attempts where step_id = ? order by number", [step_id])
-
     def insert_event(
         self, run_id: str, kind: str, detail: dict[str, Any], *, at: float, step_id: int | None
     ) -> None:
         row = {"run_id": run_id, "step_id": step_id, "at": at, "kind": kind}
         with self.write() as db:
             _insert(db.conn, "events", {**row, "detail": dumps(detail)})
-
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        return self.query("select * from events where run_id = ? order by id", [run_id])
 
     def insert_snapshot(self, row: dict[str, Any]) -> None:
         with self.write() as db:

@@ -34,7 +34,7 @@ from urllib.parse import quote, unquote, urlsplit
 from agentguard.errors import StoreError
 from agentguard.home import home_dir
 from agentguard.migrations_pg import KNOWN, MIGRATIONS
-from agentguard.store import dumps, pack
+from agentguard.store import StoreReads, dumps, pack
 from agentguard.store_pg_changes import Listener
 
 try:
@@ -64,7 +64,7 @@ def masked(url: str) -> str:
     return f"{parts.scheme}://{user + '@' if user else ''}{host}:{port}/{db}"
 
 
-class PostgresStore:
+class PostgresStore(StoreReads):
     """A handle on the store in a PostgreSQL database; safe to share between threads.
 
     Holds a small connection pool; a thread inside `write()` reuses its transaction's
@@ -206,10 +206,6 @@ class PostgresStore:
         with self._transaction() as tx:
             _update(tx.raw, "runs", "id", run_id, fields)
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
-        rows = self.query("select * from runs where id = ?", [run_id])
-        return rows[0] if rows else None
-
     # -- steps ----------------------------------------------------------------------------------
 
     def begin_step(
@@ -269,13 +265,6 @@ class PostgresStore:
             _update(tx.raw, "steps", "id", step_id, step)
             _update(tx.raw, "runs", "id", run_id, run)
 
-    def get_step(self, step_id: int) -> dict[str, Any] | None:
-        rows = self.query("select * from steps where id = ?", [step_id])
-        return rows[0] if rows else None
-
-    def steps(self, run_id: str) -> list[dict[str, Any]]:
-        return self.query("select * from steps where run_id = ? order by number", [run_id])
-
     def conversation(self, step_id: int) -> list[dict[str, Any]]:
         """Rebuild a step's whole conversation from its own messages and its parents'."""
         from agentguard.store import unpack
@@ -312,10 +301,6 @@ class PostgresStore:
             messages.extend(by_step[row["id"]])
         return messages
 
-    def blob(self, sha: str) -> Any:
-        rows = self.query("select body from blobs where sha = ?", [sha])
-        return json.loads(rows[0]["body"]) if rows else None
-
     # -- attempts, events, snapshots --------------------------------------------------------------
 
     def insert_attempt(self, row: dict[str, Any]) -> int:
@@ -326,18 +311,12 @@ class PostgresStore:
         with self._transaction() as tx:
             _update(tx.raw, "attempts", "id", attempt_id, fields)
 
-    def attempts(self, step_id: int) -> list[dict[str, Any]]:
-        return self.query("select * from attempts where step_id = ? order by number", [step_id])
-
     def insert_event(
         self, run_id: str, kind: str, detail: dict[str, Any], *, at: float, step_id: int | None
     ) -> None:
         row = {"run_id": run_id, "step_id": step_id, "at": at, "kind": kind}
         with self._transaction() as tx:
             _insert(tx.raw, "events", {**row, "detail": dumps(detail)})
-
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        return self.query("select * from events where run_id = ? order by id", [run_id])
 
     def insert_snapshot(self, row: dict[str, Any]) -> None:
         """Insert, or replace the row with that commit whole (SQLite's `insert or replace`:
