@@ -101,11 +101,29 @@ def resume(
     `snapshot_remote` (else $AGENTGUARD_SNAPSHOT_REMOTE, the folder's config, or the remote the
     run recorded) when this machine's shadow store lacks them.
     """
+    if store is not None:
+        return _prepare(store, run_id, project, restore, accept, allow_moved, snapshot_remote)
+    own = open_store(home)  # closed here: a PostgreSQL store's pool must not outlive the call
+    try:
+        return _prepare(own, run_id, project, restore, accept, allow_moved, snapshot_remote)
+    finally:
+        own.close()
+
+
+def _prepare(
+    store: Store,
+    run_id: str,
+    project: str | os.PathLike[str] | None,
+    restore: bool,
+    accept: bool,
+    allow_moved: bool,
+    snapshot_remote: str | None,
+) -> ResumedRun:
+    """`resume` on an open store."""
     from agentguard.remote_checkpoints import fetch_missing
     from agentguard.restoring import move_project, moved_before_rewind, rewind, shadow_dir
     from agentguard.user_repo import BranchMoved
 
-    store = store or open_store(home)
     run = ensure_not_live(store, run_id, "resuming it")  # before anything is touched
     folder = Path(project) if project is not None else Path(run["project"])
     if not folder.is_dir():
