@@ -231,7 +231,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
 
     def record_handed_over(self, step_id: int) -> None:
         """Write the rows a `defer_record` step held back until its answer was handed over."""
-        state = self._unwritten.pop(step_id, None)
+        state = self._unwritten.get(step_id)
         if state is not None:
             self._write_held_back(state)
 

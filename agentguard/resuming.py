@@ -310,11 +310,14 @@ def ensure_not_live(store: Store, run_id: str, doing: str = "touching it") -> di
         )
     ours = run["pid"] == os.getpid() and run["hostname"] in (None, socket.gethostname())
     if run["status"] == "running" and not ours:
-        raise RunBusy(
-            f"Run {run_id} is still running in process {run['pid']} on {run['hostname']}; "
-            f"stop that agent before {doing}."
-        )
+        raise _busy(run_id, run["pid"], run["hostname"], doing)
     return run
+
+
+def _busy(run_id: str, pid: int | None, host: str | None, doing: str) -> RunBusy:
+    return RunBusy(
+        f"Run {run_id} is still running in process {pid} on {host}; stop that agent before {doing}."
+    )
 
 
 def claim_run(store: Store, run_id: str, doing: str = "resuming the run") -> dict[str, Any]:
@@ -329,10 +332,7 @@ def claim_run(store: Store, run_id: str, doing: str = "resuming the run") -> dic
             "select status, pid, hostname from runs where id = ?", [run_id]
         ).fetchone()
         if status == "running" and not (owner == pid and where in (None, host)):
-            raise RunBusy(
-                f"Run {run_id} is still running in process {owner} on {where}; "
-                f"stop that agent before {doing}."
-            )
+            raise _busy(run_id, owner, where, doing)
         db.conn.execute(
             "update runs set status = 'running', pid = ?, hostname = ? where id = ?",
             [pid, host, run_id],
