@@ -92,7 +92,8 @@ class Breaker:
         callers (threads or processes) that saw the same due slot exactly one gets rowcount 1.
         (`is not distinct from`: SQLite's `is` for a value that may be null, in portable SQL.)
         """
-        with self.store.write() as db:
+
+        def claim(db: Any) -> bool:
             cursor = db.conn.execute(
                 "update route_health set next_probe_at = ?, updated_at = ? "
                 "where route = ? and state = 'open' and next_probe_at is not distinct from ? "
@@ -100,6 +101,8 @@ class Breaker:
                 [now + self.settings.cooldown, now, route, seen, now],
             )
             return cursor.rowcount == 1
+
+        return self.store.transact(claim)
 
     def record_success(self, route: str, *, sent_at: float | None = None) -> None:
         """The route answered: close the breaker and end the failure streak.
@@ -118,7 +121,8 @@ class Breaker:
             and now - row["last_success_at"] < _SUCCESS_REFRESH_S
         ):
             return  # already clean and recently stamped: no write on a healthy route
-        with self.store.write() as db:
+
+        def close(db: Any) -> None:
             # other machines' steps backing off this route wake on it (sent on commit)
             self.store.announce(ROUTES_CHANNEL, route)
             if sent_at is not None:
@@ -143,6 +147,8 @@ class Breaker:
                 [route, now, sent, now],
             )
 
+        self.store.transact(close)
+
     def record_failure(self, route: str, *, retry_after: float | None = None) -> None:
         """An overload-type failure (529, 5xx, network): extend the streak, maybe open.
 
@@ -154,7 +160,8 @@ class Breaker:
         wait = s.cooldown
         if retry_after is not None and retry_after > 0:
             wait = max(wait, min(retry_after, s.max_retry_after))
-        with self.store.write() as db:
+
+        def record(db: Any) -> None:
             now = self.clock.now()
             rows = list(db.query("select * from route_health where route = ?", [route]))
             row: dict[str, Any] = rows[0] if rows else {"state": "closed", "failures": 0}
@@ -194,6 +201,8 @@ class Breaker:
                     now,
                 ],
             )
+
+        self.store.transact(record)
 
     # -- what a step backing off hears from the other agents -----------------------------------
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from agentguard.clock import Clock
 from agentguard.store import Store
@@ -47,8 +48,7 @@ class RetryBudget:
     def note(self, route: str, *, retry: bool) -> None:
         """Record one request sent on `route` (call it before sending)."""
         now = self.clock.now()
-        with self.store.write() as db:
-            self._insert(db.conn, route, now, retry)
+        self.store.transact(lambda db: self._insert(db.conn, route, now, retry))
 
     def allow_retry(self, route: str) -> bool:
         """May one more retry be sent on `route` now? (Check-then-act: see the module doc.)"""
@@ -58,12 +58,15 @@ class RetryBudget:
     def acquire_retry(self, route: str) -> bool:
         """Check the budget and, if it allows, note the retry, in one transaction (no overshoot)."""
         now = self.clock.now()
-        with self.store.write() as db:
+
+        def take(db: Any) -> bool:
             first, retries = self._usage(route, now)
             if not self._allows(first, retries):
                 return False
             self._insert(db.conn, route, now, True)
             return True
+
+        return self.store.transact(take)
 
     def usage(self, route: str) -> tuple[int, int]:
         """(first tries, retries) sent on `route` within the window."""

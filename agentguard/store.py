@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from sqlite_utils import Database
@@ -26,14 +26,16 @@ from sqlite_utils import Database
 from agentguard.errors import StoreError
 from agentguard.home import ensure_home, home_dir
 from agentguard.migrations import KNOWN, migrations
+from agentguard.store_choice import STORE_ENV, is_postgres, store_location
 
 if TYPE_CHECKING:
     from agentguard.store_pg import PostgresStore
 
 DB_NAME = "agentguard.db"
-STORE_ENV = "AGENTGUARD_STORE"  # a postgresql:// URL: every machine shares one server
 BUSY_TIMEOUT_S = 30.0
 COMPRESS_FROM = 512  # bytes of JSON
+
+T = TypeVar("T")
 
 
 def dumps(value: Any) -> str:
@@ -44,22 +46,21 @@ def dumps(value: Any) -> str:
 def open_store(
     home: str | os.PathLike[str] | None = None, url: str | None = None
 ) -> Store | PostgresStore:
-    """The user's store: PostgreSQL when `url` or $AGENTGUARD_STORE is a postgresql:// URL,
-    else the SQLite file under `home` (the embedded default).
+    """The user's store: PostgreSQL when `url` (else $AGENTGUARD_STORE) is a postgresql:// URL,
+    the SQLite file under `home` (the embedded default) when it is empty or "sqlite".
 
-    Any other non-empty value is refused rather than ignored: a mistyped URL must not send a
-    team's runs into one machine's private file without a word."""
-    chosen = url if url is not None else os.environ.get(STORE_ENV, "")
-    if chosen.startswith(("postgresql://", "postgres://")):
+    `url` is what a face chose with `store_choice.choose_store` (--store > $AGENTGUARD_STORE >
+    the config file's `store`); None asks $AGENTGUARD_STORE alone. Any other value is refused
+    rather than ignored: a mistyped URL must not send a team's runs into one machine's private
+    file without a word (the message never shows the value: it may hold a password)."""
+    if url is not None:
+        chosen = store_location(url, "The store URL")
+    else:
+        chosen = store_location(os.environ.get(STORE_ENV, ""), f"${STORE_ENV}")
+    if is_postgres(chosen):
         from agentguard.store_pg import PostgresStore
 
         return PostgresStore(chosen, home)
-    if chosen.strip() and chosen.strip().lower() != "sqlite":
-        given = f"a {chosen.split('://', 1)[0]}:// URL" if "://" in chosen else "a non-URL"
-        raise StoreError(  # the value itself is not shown: it may hold a password
-            f"{STORE_ENV} must be a postgresql:// URL (or empty for the local SQLite store), "
-            f"not {given}; fix or unset it."
-        )
     return Store.open(home)
 
 
@@ -156,6 +157,12 @@ class Store(StoreReads):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def transact(self, block: Callable[[Database], T]) -> T:
+        """`block(db)` in one write transaction. (PostgreSQL's store runs it again after a
+        lost connection, so callers give a block that is safe to run twice.)"""
+        with self.write() as db:
+            return block(db)
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         with self._lock:

@@ -11,6 +11,11 @@ keeps its own fast paths). What differs, and why:
   write the same number; the rest are single-row inserts and updates.
 - SQL. Callers send SQLite-style `?` placeholders; `translate` turns them into psycopg's `%s`
   (and escapes a literal `%`), outside quoted strings only.
+- Faults. A connection the server drops (a restart, `pg_terminate_backend`, a network cut)
+  is not a failed step: each store method runs its transaction again on a new connection,
+  waiting up to `reconnect_within` (the default policy's step deadline) for the server to come
+  back. When a connection drops while COMMIT was in flight nobody knows whether it landed, so
+  the retry first looks for its own row (`_already`) instead of writing it twice.
 - Messages. Short JSON goes in `messages.content` (text), long zlib-compressed JSON in
   `messages.content_z` (bytea); `conversation_rows` hands back one `content` (str or bytes) as
   SQLite's does, so `unpack` reads either.
@@ -19,18 +24,20 @@ keeps its own fast paths). What differs, and why:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
+from agentguard.clock import Clock, SystemClock
 from agentguard.errors import StoreError
 from agentguard.home import home_dir
 from agentguard.migrations_pg import KNOWN, MIGRATIONS
@@ -43,11 +50,25 @@ try:
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError:  # pragma: no cover - exercised only without the extra
     psycopg = None  # type: ignore[assignment]
+    PoolTimeout = None  # type: ignore[assignment,misc]
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S = 10
 POOL_MAX = 8
 MIGRATIONS_TABLE = "agentguard_migrations"
+# How long a store call waits for a dropped server to come back before the step fails: the
+# default policy's step deadline.
+RECONNECT_WITHIN_S = 120.0
+# Pauses between tries on a lost connection: the first retry at once (a killed backend leaves
+# the server up), then backing off to one try a second while it restarts.
+RECONNECT_PAUSES_S = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+# SQLSTATEs that mean "this connection is gone" rather than "this SQL failed": class 08
+# (connection exceptions), admin shutdown (pg_terminate_backend, a fast or smart restart),
+# crash shutdown, and "the database system is starting up".
+LOST_STATES = ("57P01", "57P02", "57P03")
+
+T = TypeVar("T")
+log = logging.getLogger("agentguard")
 
 
 def is_postgres_url(value: str | None) -> bool:
@@ -70,13 +91,23 @@ class PostgresStore(StoreReads):
     Holds a small connection pool; a thread inside `write()` reuses its transaction's
     connection for every read and nested write, as SQLite's one shared connection does."""
 
-    def __init__(self, url: str, home: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        clock: Clock | None = None,
+        reconnect_within: float = RECONNECT_WITHIN_S,
+    ) -> None:
         if psycopg is None:
             raise StoreError(
                 "AGENTGUARD_STORE names a PostgreSQL server but psycopg is not installed; "
                 "install agentguard[postgres] (pip install 'agentguard[postgres]')."
             )
         self._url = url
+        self._clock = clock or SystemClock()
+        self.reconnect_within = reconnect_within
+        self.reconnects = 0  # transactions run again after a lost connection (for tests, stats)
         self.path = masked(url)  # what messages show where SQLite shows the file's path
         self._home = home_dir(home)
         self._local = threading.local()
@@ -122,8 +153,9 @@ class PostgresStore(StoreReads):
 
     def announce(self, channel: str, payload: str) -> None:
         """NOTIFY every machine's listeners; inside a write() it is sent when that commits."""
-        with self._connection() as conn:
-            conn.execute("select pg_notify(%s, %s)", [channel, payload])
+        self._run(
+            lambda tx: tx.raw.execute("select pg_notify(%s, %s)", [channel, payload]), atomic=False
+        )
 
     def close(self) -> None:
         if not self._closed:
@@ -136,61 +168,119 @@ class PostgresStore(StoreReads):
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
-        """A write transaction that waits its turn behind every other `write()` (see module)."""
+        """A write transaction that waits its turn behind every other `write()` (see module).
+
+        The caller's block cannot be run again, so a connection lost inside it is a
+        StoreError; callers whose block may safely run twice use `transact`, which retries."""
         with self._transaction() as tx:
-            if not tx.locked:
-                tx.raw.execute("select pg_advisory_xact_lock(%s)", [self._write_key])
-                tx.locked = True
+            _lock(tx, self._write_key)
             yield tx
+
+    def transact(self, block: Callable[[Transaction], T]) -> T:
+        """`block(tx)` inside `write()`, run again on a new connection if the server drops
+        the one it had (see module). `block` must be safe to run twice: the breaker's and the
+        budget's compare-and-set updates are."""
+        return self._run(lambda tx: block(_lock(tx, self._write_key)))
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         text, values = translate(sql, params)
-        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(text, values)
-            return cur.fetchall() if cur.description else []
 
-    @contextmanager
-    def _connection(self) -> Iterator[Any]:
-        """The thread's transaction connection if it is inside one, else one from the pool."""
+        def read(tx: Transaction) -> list[dict[str, Any]]:
+            with tx.raw.cursor(row_factory=dict_row) as cur:
+                cur.execute(text, values)
+                return cur.fetchall() if cur.description else []
+
+        return self._run(read, atomic=False)
+
+    def _run(
+        self,
+        block: Callable[[Transaction], T],
+        already: Callable[[Transaction], T | None] | None = None,
+        *,
+        atomic: bool = True,
+    ) -> T:
+        """`block(tx)` in one transaction (`atomic=False`: autocommit, for a single read),
+        retried on a new connection while the server is away, up to `reconnect_within`.
+
+        `already(tx)` is asked before a retry that follows a connection lost during COMMIT:
+        it returns the first try's result if that try's rows are there (then nothing is
+        written twice), None if they are not. Inside an enclosing transaction `block` just
+        runs there: the outermost call owns the retry."""
         self._check_open()
-        current = getattr(self._local, "tx", None)
+        current: Transaction | None = getattr(self._local, "tx", None)
         if current is not None:
-            yield current.raw
-            return
-        with self._errors(), self._pool.connection() as conn:
-            yield conn
+            if not atomic:
+                return block(current)
+            with current.raw.transaction():  # a savepoint on the same connection
+                return block(current)
+        began = self._clock.monotonic()
+        tries, unsure = 0, False
+        while True:
+            committing = False
+            try:
+                with self._pool.connection(timeout=self._pool_wait(began)) as conn:
+                    tx = Transaction(conn)
+                    self._local.tx = tx
+                    try:
+                        if not atomic:
+                            return block(tx)
+                        with conn.transaction():
+                            found = already(tx) if unsure and already is not None else None
+                            result = found if found is not None else block(tx)
+                            committing = True
+                        return result
+                    finally:
+                        self._local.tx = None
+            except Exception as exc:
+                if not _lost(exc):
+                    raise
+                unsure = unsure or committing
+                waited = self._clock.monotonic() - began
+                if waited >= self.reconnect_within:
+                    raise StoreError(self._gone(exc, waited)) from None
+                log.info("agentguard: lost the store's connection (%s); trying again", exc)
+                pause = RECONNECT_PAUSES_S[min(tries, len(RECONNECT_PAUSES_S) - 1)]
+                self._clock.sleep(min(pause, self.reconnect_within - waited))
+                tries += 1
+                self.reconnects += 1
+
+    def _pool_wait(self, began: float) -> float:
+        """How long to wait for a pooled connection: what is left of `reconnect_within`
+        (at least a moment, so a last try can still be made), at most CONNECT_TIMEOUT_S."""
+        left = self.reconnect_within - (self._clock.monotonic() - began)
+        return max(0.05, min(left, CONNECT_TIMEOUT_S))
+
+    def _gone(self, exc: Exception, waited: float) -> str:
+        if isinstance(exc, psycopg.OperationalError) and "FATAL:" in str(exc):
+            return describe_connect_error(self.path, exc, self._url)
+        return (
+            f"agentguard lost the PostgreSQL server at {_host_port(self.path)} and it did not "
+            f"come back within {waited:.0f} s; check that the server is running and that "
+            "AGENTGUARD_STORE is right."
+        )
 
     @contextmanager
     def _transaction(self) -> Iterator[Transaction]:
+        """A transaction whose caller's block runs once (see `write`)."""
         self._check_open()
         current: Transaction | None = getattr(self._local, "tx", None)
         if current is not None:  # nested: a savepoint on the same connection
             with current.raw.transaction():
                 yield current
             return
-        with self._errors(), self._pool.connection() as conn:
-            tx = Transaction(conn)
-            self._local.tx = tx
-            try:
-                with conn.transaction():
-                    yield tx
-            finally:
-                self._local.tx = None
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """A lost or refused connection as one sentence; errors of the SQL itself pass."""
         try:
-            yield
-        except psycopg.OperationalError as exc:
-            if not _is_connection_error(exc):
+            with self._pool.connection(timeout=CONNECT_TIMEOUT_S) as conn:
+                tx = Transaction(conn)
+                self._local.tx = tx
+                try:
+                    with conn.transaction():
+                        yield tx
+                finally:
+                    self._local.tx = None
+        except Exception as exc:
+            if not _lost(exc):
                 raise
-            raise StoreError(describe_connect_error(self.path, exc, self._url)) from None
-        except PoolTimeout as exc:
-            raise StoreError(
-                f"agentguard cannot reach the PostgreSQL server at {_host_port(self.path)} "
-                f"({exc}); check that the server is running and that AGENTGUARD_STORE is right."
-            ) from None
+            raise StoreError(self._gone(exc, 0.0)) from None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -199,12 +289,13 @@ class PostgresStore(StoreReads):
     # -- runs -----------------------------------------------------------------------------------
 
     def insert_run(self, row: dict[str, Any]) -> None:
-        with self._transaction() as tx:
-            _insert(tx.raw, "runs", row)
+        def found(tx: Transaction) -> bool | None:
+            return _exists(tx, "select 1 from runs where id = %s", [row["id"]])
+
+        self._run(lambda tx: _insert(tx.raw, "runs", row), found)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        with self._transaction() as tx:
-            _update(tx.raw, "runs", "id", run_id, fields)
+        self._run(lambda tx: _update(tx.raw, "runs", "id", run_id, fields))
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -219,19 +310,19 @@ class PostgresStore(StoreReads):
         The run's row is locked before the number is taken, so two processes continuing the
         same run wait for each other instead of both writing number n+1."""
         run_id = step["run_id"]
-        with self._transaction() as tx:
+
+        def write(tx: Transaction) -> tuple[int, int]:
             conn = tx.raw
             conn.execute("select 1 from runs where id = %s for no key update", [run_id])
             (number,) = conn.execute(
                 "select coalesce(max(number), 0) + 1 from steps where run_id = %s", [run_id]
             ).fetchone()
-            step = {**step, "number": number}
             if blob is not None:
                 conn.execute(
                     "insert into blobs (sha, body) values (%s, %s) on conflict (sha) do nothing",
                     list(blob),
                 )
-            step_id = _insert(conn, "steps", step, returning=True)
+            step_id = _insert(conn, "steps", {**step, "number": number}, returning=True)
             if messages:
                 rows = []
                 for m in messages:
@@ -246,9 +337,19 @@ class PostgresStore(StoreReads):
                     )
             return step_id, int(number)
 
+        def found(tx: Transaction) -> tuple[int, int] | None:
+            # the same run, start time and request: this call's own step, committed after all
+            row = tx.raw.execute(
+                "select id, number from steps where run_id = %s and started_at = %s "
+                "and request is not distinct from %s order by id limit 1",
+                [run_id, step.get("started_at"), step.get("request")],
+            ).fetchone()
+            return (int(row[0]), int(row[1])) if row else None
+
+        return self._run(write, found)
+
     def update_step(self, step_id: int, **fields: Any) -> None:
-        with self._transaction() as tx:
-            _update(tx.raw, "steps", "id", step_id, fields)
+        self._run(lambda tx: _update(tx.raw, "steps", "id", step_id, fields))
 
     def finish_step(
         self,
@@ -258,12 +359,16 @@ class PostgresStore(StoreReads):
         run: dict[str, Any],
         attempt: tuple[int, dict[str, Any]] | None = None,
     ) -> None:
-        """A step's end in one transaction: its row, its run's row and its last attempt."""
-        with self._transaction() as tx:
+        """A step's end in one transaction: its row, its run's row and its last attempt
+        (updates only: running it twice writes the same values)."""
+
+        def write(tx: Transaction) -> None:
             if attempt is not None:
                 _update(tx.raw, "attempts", "id", attempt[0], attempt[1])
             _update(tx.raw, "steps", "id", step_id, step)
             _update(tx.raw, "runs", "id", run_id, run)
+
+        self._run(write)
 
     def conversation(self, step_id: int) -> list[dict[str, Any]]:
         """Rebuild a step's whole conversation from its own messages and its parents'."""
@@ -304,19 +409,40 @@ class PostgresStore(StoreReads):
     # -- attempts, events, snapshots --------------------------------------------------------------
 
     def insert_attempt(self, row: dict[str, Any]) -> int:
-        with self._transaction() as tx:
-            return _insert(tx.raw, "attempts", row, returning=True)
+        def found(tx: Transaction) -> int | None:
+            got = tx.raw.execute(
+                "select id from attempts where step_id is not distinct from %s "
+                "and number is not distinct from %s and started_at is not distinct from %s "
+                "order by id limit 1",
+                [row.get("step_id"), row.get("number"), row.get("started_at")],
+            ).fetchone()
+            return int(got[0]) if got else None
+
+        return self._run(lambda tx: _insert(tx.raw, "attempts", row, returning=True), found)
 
     def update_attempt(self, attempt_id: int, fields: dict[str, Any]) -> None:
-        with self._transaction() as tx:
-            _update(tx.raw, "attempts", "id", attempt_id, fields)
+        self._run(lambda tx: _update(tx.raw, "attempts", "id", attempt_id, fields))
 
     def insert_event(
         self, run_id: str, kind: str, detail: dict[str, Any], *, at: float, step_id: int | None
     ) -> None:
-        row = {"run_id": run_id, "step_id": step_id, "at": at, "kind": kind}
-        with self._transaction() as tx:
-            _insert(tx.raw, "events", {**row, "detail": dumps(detail)})
+        row = {
+            "run_id": run_id,
+            "step_id": step_id,
+            "at": at,
+            "kind": kind,
+            "detail": dumps(detail),
+        }
+
+        def found(tx: Transaction) -> bool | None:
+            return _exists(
+                tx,
+                "select 1 from events where run_id = %s and kind = %s and at = %s "
+                "and detail = %s and step_id is not distinct from %s",
+                [run_id, kind, at, row["detail"], step_id],
+            )
+
+        self._run(lambda tx: _insert(tx.raw, "events", row), found)
 
     def insert_snapshot(self, row: dict[str, Any]) -> None:
         """Insert, or replace the row with that commit whole (SQLite's `insert or replace`:
@@ -325,16 +451,14 @@ class PostgresStore(StoreReads):
         reset = ", ".join(
             f'"{c}" = excluded."{c}"' for c in self._snapshot_columns if c != "commit_sha"
         )
-        with self._transaction() as tx:
-            tx.raw.execute(
-                f"insert into snapshots ({names}) values ({', '.join(['%s'] * len(row))}) "
-                f"on conflict (commit_sha) do update set {reset}",
-                _row_values(row.values()),
-            )
+        sql = (
+            f"insert into snapshots ({names}) values ({', '.join(['%s'] * len(row))}) "
+            f"on conflict (commit_sha) do update set {reset}"
+        )
+        self._run(lambda tx: tx.raw.execute(sql, _row_values(row.values())))
 
     def update_snapshot(self, commit: str, fields: dict[str, Any]) -> None:
-        with self._transaction() as tx:
-            _update(tx.raw, "snapshots", "commit_sha", commit, fields)
+        self._run(lambda tx: _update(tx.raw, "snapshots", "commit_sha", commit, fields))
 
     # -- opening: diagnose, migrate ---------------------------------------------------------------
 
@@ -362,7 +486,7 @@ class PostgresStore(StoreReads):
             ]
             return _lock_key(f"write:{schema}"), columns
         except psycopg.OperationalError as exc:
-            if not _is_connection_error(exc):
+            if not _lost(exc):
                 raise
             raise StoreError(describe_connect_error(self.path, exc, self._url)) from None
         finally:
@@ -524,6 +648,29 @@ def _row_values(values: Iterable[Any]) -> list[Any]:
     return [dumps(v) if isinstance(v, dict | list | tuple) else _param(v) for v in values]
 
 
+def _lock(tx: Transaction, key: int) -> Transaction:
+    """Take the fleet-wide writers' lock for `tx` once (see the module: SQLite's one writer)."""
+    if not tx.locked:
+        tx.raw.execute("select pg_advisory_xact_lock(%s)", [key])
+        tx.locked = True
+    return tx
+
+
+def _exists(tx: Transaction, sql: str, params: Sequence[Any]) -> bool | None:
+    """True if `sql` finds a row, None if not (`_run`'s "already there?" answer)."""
+    return True if tx.raw.execute(sql, list(params)).fetchone() else None
+
+
+def _lost(exc: BaseException) -> bool:
+    """Is this the connection going away (try again on another), not the SQL failing?"""
+    if PoolTimeout is not None and isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in LOST_STATES
+
+
 def _insert(conn: Any, table: str, row: dict[str, Any], *, returning: bool = False) -> int:
     names = ", ".join(f'"{name}"' for name in row)
     sql = f'insert into "{table}" ({names}) values ({", ".join(["%s"] * len(row))})'
@@ -607,12 +754,6 @@ def describe_connect_error(where: str, exc: Exception, url: str = "") -> str:
         f"agentguard cannot reach the PostgreSQL server at {host_port} ({reason}); "
         "check that the server is running and that AGENTGUARD_STORE is right."
     )
-
-
-def _is_connection_error(exc: Exception) -> bool:
-    """No SQLSTATE (libpq's own: refused, unreachable, closed) or class 08 (connection)."""
-    state = getattr(exc, "sqlstate", None)
-    return state is None or state.startswith("08")
 
 
 def _host_port(where: str) -> str:
