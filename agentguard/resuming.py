@@ -249,11 +249,12 @@ def _assistant_message(provider: str, response: dict[str, Any]) -> dict[str, Any
 
 
 def due_runs(store: Store, now: float | None = None) -> list[dict[str, Any]]:
-    """Queued (`waiting`) runs whose next attempt time has come."""
+    """Queued (`waiting`) runs whose next attempt time has come, the longest due first (one
+    without a time is due at once: first, on either engine, which sort NULL apart)."""
     moment = time.time() if now is None else now
     return store.query(
         "select * from runs where status = 'waiting' and coalesce(next_attempt_at, 0) <= ? "
-        "order by next_attempt_at",
+        "order by coalesce(next_attempt_at, 0), id",
         [moment],
     )
 

@@ -18,6 +18,11 @@ was resumed after another run) gets a ref of its own, `refs/agentguard/runs/<run
 gc works on the bare repositories alone, with the same scrubbed git environment snapshots use
 (no GIT_WORK_TREE at all), under the store's lock file, so it never reads or writes the
 project folder or its `.git`, and it also handles stores whose project folder is gone.
+
+On a store shared by a fleet (PostgreSQL), the snapshot rows describe every machine's shadow
+stores but gc sees only this machine's (those under its own AGENTGUARD_HOME): a row whose
+commit is not here may be another machine's, so gc marks pruned only the rows whose commits it
+saw here and removed, never rows merely absent from this machine.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -205,6 +211,7 @@ def collect(
     """
     now = time.time() if now is None else now
     shadow_root = store.home / "shadow"
+    shared = not isinstance(store, Store)  # a fleet's store: rows of other machines' stores too
     runs = _load_runs(store)
     rows = store.query(
         "select commit_sha, run_id, project from snapshots where pruned_at is null "
@@ -233,6 +240,7 @@ def collect(
             policy=policy,
             now=now,
             dry_run=dry_run,
+            shared=shared,
         )
         try:
             outcome = collector.collect()
@@ -250,7 +258,11 @@ def collect(
                     store.insert_event(
                         run_id,
                         "snapshots_pruned",
-                        {"store": str(store_dir), "policy": asdict(policy)},
+                        {
+                            "store": str(store_dir),
+                            "host": socket.gethostname(),
+                            "policy": asdict(policy),
+                        },
                         at=now,
                         step_id=None,
                     )
@@ -334,6 +346,7 @@ class _StoreCollector:
     policy: RetentionPolicy
     now: float
     dry_run: bool
+    shared: bool = False  # the rows may name other machines' commits: see the module
     git: BareGit = field(init=False)
 
     def __post_init__(self) -> None:
@@ -351,12 +364,16 @@ class _StoreCollector:
             plan = self._fit(state, owners, pruned, extra, compact)
             refs_deleted = len(plan.delete_refs)
             dropped = len(plan.pruned - pruned)
+            commits = [c for c, _ in self.rows]
+            # Rows whose commits are not here already: on this machine's own store, pruned
+            # before (or lost) and marked now; on a shared store, perhaps another machine's.
+            absent = set(self._missing(commits)) if self.dry_run or self.shared else set()
             if self.dry_run:
                 after = self._estimate(state, plan, compact)
-                gone = set(self._missing([c for c, _ in self.rows]))
+                gone = set() if self.shared else absent
                 reachable = state.parents.keys()
                 missing = [
-                    c for c, _ in self.rows if c not in plan.keep and (c in reachable or c in gone)
+                    c for c in commits if c not in plan.keep and (c in reachable or c in gone)
                 ]
             else:
                 if plan.changes or compact:
@@ -374,7 +391,9 @@ class _StoreCollector:
                     dropped += len(more.pruned)
                     state = self._inspect()
                     after = state.bytes
-                missing = self._missing([c for c, _ in self.rows])
+                missing = self._missing(commits)
+                if self.shared:
+                    missing = [c for c in missing if c not in absent]
             pruned |= {r.id for r in extra[:dropped]}
         gone = set(missing)
         pruned |= {run for commit, run in self.rows if run and commit in gone}

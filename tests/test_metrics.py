@@ -1,14 +1,14 @@
-"""Every monitoring figure, checked exactly on a store with known steps and attempts."""
+"""Every monitoring figure, checked exactly on a store with known steps and attempts, on
+SQLite and on PostgreSQL (the queries are the same on both)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from agentguard.metrics import compute, percentile
 from agentguard.pricing import Price, price_for
 from agentguard.store import Store
+from tests.conftest import Engine
 
 NOW = 1_800_000_000.0
 OPUS, SONNET, GPT = "claude-opus-4-7", "claude-sonnet-4-6", "gpt-5.5"
@@ -59,8 +59,9 @@ class Builder:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = Store.open(tmp_path / "home")
+def store(engine: Engine) -> Store:
+    """The known steps and attempts, on each engine (SQLite, PostgreSQL)."""
+    store = engine.open()
     b = Builder(store)
     ok = (OPUS, 200, None, "ok", "req_ok", 1000, 100)
     # 1. clean step

@@ -4,6 +4,8 @@
 
 Runs are real (a wrapped client against the fake provider, real checkpoints in the shadow
 store, a real SQLite file); the "live agent" is a real child process that owns the run's row.
+The tests without the TUI run on PostgreSQL too (`store_engine`: $AGENTGUARD_STORE names a
+fresh schema, which the library and the CLI then use).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import pytest
 
 import agentguard
 from agentguard.cli import main
-from agentguard.store import DB_NAME, Store
+from agentguard.store import DB_NAME, STORE_ENV, Store, open_store
 from agentguard.tui.screens.confirm import ConfirmRestore
 from agentguard.tui.screens.diff import DiffScreen
-from tests.conftest import API_KEY, user
+from tests.conftest import API_KEY, ENGINES, user
 from tests.test_tui import banner, make_app, open_run, run, table, until
 
 MODEL = "claude-opus-4-7"
@@ -45,7 +47,7 @@ def files(project: Path) -> dict[str, bytes]:
 
 
 def events(home: Path, run_id: str, kind: str) -> list[dict]:
-    store = Store.open(home)
+    store = open_store(home)
     try:
         return [json.loads(e["detail"]) for e in store.events(run_id) if e["kind"] == kind]
     finally:
@@ -67,6 +69,21 @@ def cli_json(capsys, *argv: str) -> dict:
 
 def diff_loaded(screen: DiffScreen) -> bool:
     return screen.diff is not None
+
+
+@pytest.fixture(params=ENGINES)
+def store_engine(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> Iterator[str]:
+    """The engine of the store the library and the CLI open: SQLite under AGENTGUARD_HOME, or
+    a PostgreSQL schema named by $AGENTGUARD_STORE."""
+    if request.param == "postgresql":
+        monkeypatch.setenv(STORE_ENV, request.getfixturevalue("postgres_schema_url"))
+    else:
+        monkeypatch.delenv(STORE_ENV, raising=False)
+    yield request.param
+    if request.param == "postgresql":  # it ran on PostgreSQL: nothing went to a SQLite file
+        assert not (home / DB_NAME).exists()
 
 
 @pytest.fixture
@@ -148,10 +165,10 @@ def test_a_live_run_is_refused_by_resume_cli_and_tui_and_its_tree_is_untouched(
     store.close()
 
 
-def test_a_running_run_whose_process_died_is_resumed(two_steps, project, home):
+def test_a_running_run_whose_process_died_is_resumed(store_engine, two_steps, project, home):
     from tests.conftest import dead_pid
 
-    store = Store.open(home)
+    store = open_store(home)
     store.update_run(two_steps, status="running", pid=dead_pid(), hostname=socket.gethostname())
     store.close()
     resumed = agentguard.resume(two_steps)
@@ -249,7 +266,7 @@ def test_step_n_means_the_same_in_the_tui_diff_and_restore(capsys, guarded, proj
 
 
 def test_after_resume_project_new_show_diff_and_restore_use_the_new_folder(
-    capsys, fake, two_steps, project, home, tmp_path, clock
+    store_engine, capsys, fake, two_steps, project, home, tmp_path, clock
 ):
     run_id = two_steps
     moved = tmp_path / "moved-here"
@@ -276,7 +293,7 @@ def test_after_resume_project_new_show_diff_and_restore_use_the_new_folder(
 
     code, _, err = cli(capsys, "gc")  # nothing of the run is lost or marked pruned
     assert code == 0, err
-    store = Store.open(home)
+    store = open_store(home)
     assert store.query("select * from snapshots where pruned_at is not null") == []
     store.close()
 
@@ -290,7 +307,9 @@ def test_after_resume_project_new_show_diff_and_restore_use_the_new_folder(
     assert not project.exists()  # nothing was written to the old place
 
 
-def test_the_library_resume_with_a_new_project_moves_the_run(capsys, two_steps, project, tmp_path):
+def test_the_library_resume_with_a_new_project_moves_the_run(
+    store_engine, capsys, two_steps, project, tmp_path
+):
     copy = tmp_path / "a-copy"
     shutil.copytree(project, copy)
     (copy / "app.py").write_text("changed in the copy\n")
@@ -302,7 +321,9 @@ def test_the_library_resume_with_a_new_project_moves_the_run(capsys, two_steps, 
     assert doc["restored"] is True and (copy / "app.py").read_text() == "changed in the copy\n"
 
 
-def test_a_run_moves_out_of_a_store_gc_has_cut(capsys, guarded, project, home, tmp_path):
+def test_a_run_moves_out_of_a_store_gc_has_cut(
+    store_engine, capsys, guarded, project, home, tmp_path
+):
     """gc cut an older run's history out of the store (a shallow store): the moved run's
     snapshots are copied all the same, and the new store knows where its history stops."""
     old = guarded(run="older")
@@ -314,7 +335,7 @@ def test_a_run_moves_out_of_a_store_gc_has_cut(capsys, guarded, project, home, t
     (project / "c.txt").write_text("c\n")
     ask(kept, "c")
     kept.agentguard.close()
-    store = Store.open(home)
+    store = open_store(home)
     store.update_run(old.run_id, updated_at=1.0)  # long ago
     store.close()
     code, _, err = cli(capsys, "gc", "--max-age-days", "1", "--keep-runs", "0")

@@ -1,11 +1,16 @@
-"""Resume: the last consistent (conversation, tree) pair, and the same run going on."""
+"""Resume: the last consistent (conversation, tree) pair, and the same run going on.
+
+Every test runs on both engines: the SQLite file under AGENTGUARD_HOME, and a PostgreSQL
+schema named by $AGENTGUARD_STORE (fleet mode), which every store the test opens then uses."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import pytest
@@ -15,12 +20,40 @@ from agentguard.guard import StepRequest
 from agentguard.metrics import compute
 from agentguard.resuming import due_runs, mark_interrupted
 from agentguard.routes import Route
-from agentguard.store import Store
+from agentguard.store import DB_NAME, STORE_ENV, open_store
 from agentguard.testing import ToolCall, Turn, overloaded
-from tests.conftest import API_KEY, dead_pid, storm, user
+from tests.conftest import API_KEY, ENGINES, dead_pid, storm, user
 
 MODEL = "claude-opus-4-7"
 TOOLS = [{"name": "write_file", "description": "write", "input_schema": {"type": "object"}}]
+
+
+@pytest.fixture(autouse=True, params=ENGINES)
+def engine_name(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> Iterator[str]:
+    """The store every guard, resume() and open_store() of the test uses."""
+    if request.param == "postgresql":
+        monkeypatch.setenv(STORE_ENV, request.getfixturevalue("postgres_schema_url"))
+    else:
+        monkeypatch.delenv(STORE_ENV, raising=False)
+    yield request.param
+    if request.param == "postgresql":  # it ran on PostgreSQL: nothing went to a SQLite file
+        assert not (home / DB_NAME).exists()
+
+
+@pytest.fixture
+def opened() -> Iterator[Callable[[], Any]]:
+    """Factory: a handle on the test's store, closed after the test."""
+    handles: list[Any] = []
+
+    def make() -> Any:
+        handles.append(open_store())
+        return handles[-1]
+
+    yield make
+    for handle in handles:
+        handle.close()
 
 
 def writer_model(request):
@@ -49,7 +82,7 @@ def agent_loop(client, project: Path, messages: list, steps: int) -> list:
     return messages
 
 
-def test_resume_brings_back_the_last_step_and_its_tree(fake, guarded, project, home):
+def test_resume_brings_back_the_last_step_and_its_tree(opened, fake, guarded, project, home):
     fake.set_model(writer_model)
     client = guarded()
     agent_loop(client, project, [user("write three files")], steps=2)
@@ -67,12 +100,12 @@ def test_resume_brings_back_the_last_step_and_its_tree(fake, guarded, project, h
     assert (project / "app.py").read_text() == "def add(a, b):\n    return a - b\n"
     assert (project / "step-0.txt").exists() and not (project / "step-1.txt").exists()
     # ... and what was there is kept, so the restore can be undone
-    shadow = Store.open(home).home / "shadow"
+    shadow = opened().home / "shadow"
     assert run.restored is not None and run.restored.backup.commit
     assert any(shadow.rglob("*"))
 
 
-def test_a_resumed_run_keeps_its_id_and_continues_its_steps(fake, project, home, clock):
+def test_a_resumed_run_keeps_its_id_and_continues_its_steps(opened, fake, project, home, clock):
     fake.set_model(writer_model)
     first = agentguard.wrap(
         anthropic.Anthropic(base_url=fake.base_url, api_key=API_KEY), project=project, clock=clock
@@ -96,7 +129,7 @@ def test_a_resumed_run_keeps_its_id_and_continues_its_steps(fake, project, home,
     agent_loop(client, project, messages, steps=3)
     client.agentguard.close()
 
-    store = Store.open(home)
+    store = opened()
     steps = store.steps(first.run_id)
     assert [s["number"] for s in steps] == [1, 2, 3, 4]
     assert len(fake.requests) - before == 2  # step 2's response was not sent again
@@ -118,11 +151,13 @@ def test_a_failed_step_is_resumed_to_be_sent_again(fake, guarded, project):
     assert run.request()["model"] == MODEL and run.status == "failed"
 
 
-def test_a_checkpoint_the_store_never_heard_of_is_found_by_its_ref(fake, guarded, home, project):
+def test_a_checkpoint_the_store_never_heard_of_is_found_by_its_ref(
+    opened, fake, guarded, home, project
+):
     client = guarded()
     msg = client.messages.create(model=MODEL, max_tokens=8, messages=[user("hello")])
     checkpoint = agentguard.info(msg).checkpoint
-    store = Store.open(home)
+    store = opened()
     step_id = agentguard.info(msg).step_id
     store.update_step(step_id, checkpoint=None, status="pending", response=None)
     run = agentguard.resume(client.run_id)
@@ -137,14 +172,16 @@ def test_restore_false_leaves_the_tree_alone(fake, guarded, project):
     assert run.restored is None and (project / "app.py").read_text() == "mine\n"
 
 
-def test_bad_input_is_one_sentence_and_deletes_nothing(fake, guarded, project, home, tmp_path):
+def test_bad_input_is_one_sentence_and_deletes_nothing(
+    opened, fake, guarded, project, home, tmp_path
+):
     with pytest.raises(agentguard.RunNotFound, match=r"No run 'nope'.*agentguard runs"):
         agentguard.resume("nope")
 
     client = guarded()
     client.messages.create(model=MODEL, max_tokens=8, messages=[user("hello")])
     client.agentguard.close()
-    store = Store.open(home)
+    store = opened()
     step = store.steps(client.run_id)[0]
     store.update_step(step["id"], checkpoint="0" * 40)
     with pytest.raises(
@@ -161,12 +198,12 @@ def test_bad_input_is_one_sentence_and_deletes_nothing(fake, guarded, project, h
     assert run.project == moved.resolve()
 
 
-def test_waiting_runs_are_due_when_their_time_comes(fake, guarded, home, clock):
+def test_waiting_runs_are_due_when_their_time_comes(opened, fake, guarded, home, clock):
     fake.script(*[overloaded() for _ in range(10)])
     client = guarded(policy="high_stakes")
     with pytest.raises(agentguard.RunQueued) as queued:
         client.messages.create(model=MODEL, max_tokens=8, messages=[user("hello")])
-    store = Store.open(home)
+    store = opened()
     when = queued.value.next_attempt_at.timestamp()
     assert due_runs(store, now=when - 1) == []
     assert [r["id"] for r in due_runs(store, now=when + 1)] == [client.run_id]

@@ -1,8 +1,8 @@
 """gc of the shadow git stores: old runs' snapshots really go, everything else keeps working,
 and the user's own repository is never read or written.
 
-Real git repositories and a real SQLite store in tmp_path; no test sleeps (ages come from the
-`now` passed to collect()).
+Real git repositories and a real store on each engine (a SQLite file in tmp_path, a fresh
+PostgreSQL schema); no test sleeps (ages come from the `now` passed to collect()).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from agentguard.retention import (
     pruned_message,
 )
 from agentguard.snapshots import HEAD_REF, ShadowRepo
-from agentguard.store import Store, dumps
-from tests.conftest import git, user
+from agentguard.store import STORE_ENV, Store, dumps, open_store
+from tests.conftest import ENGINES, Engine, git, user
 
 NOW = 1_800_000_000.0
 DAY = 86_400.0
@@ -50,11 +50,11 @@ class World:
 
 
 @pytest.fixture
-def world(home: Path, project: Path) -> Iterator[World]:
-    store = Store.open(home)
-    shadow = ShadowRepo(project, home / "shadow" / project_key(project))
-    yield World(home, project, store, shadow)
-    store.close()
+def world(engine: Engine, project: Path) -> Iterator[World]:
+    """A store on each engine (SQLite, PostgreSQL) and its shadow store under `store.home`."""
+    store = engine.open()
+    shadow = ShadowRepo(project, store.home / "shadow" / project_key(project))
+    yield World(store.home, project, store, shadow)
 
 
 def add_run(
@@ -441,7 +441,20 @@ def test_refs_without_a_run_row_are_aged_by_their_commit_time(world: World) -> N
 # -- end to end, through a guarded client ---------------------------------------------------------
 
 
-def test_checkpoints_of_a_guarded_client_are_collected(guarded, home, project, clock) -> None:
+@pytest.fixture(params=ENGINES)
+def store_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine a guarded client and open_store() use: SQLite under AGENTGUARD_HOME, or a
+    PostgreSQL schema named by $AGENTGUARD_STORE."""
+    if request.param == "postgresql":
+        monkeypatch.setenv(STORE_ENV, request.getfixturevalue("postgres_schema_url"))
+    else:
+        monkeypatch.delenv(STORE_ENV, raising=False)
+    return request.param
+
+
+def test_checkpoints_of_a_guarded_client_are_collected(
+    store_env, guarded, home, project, clock
+) -> None:
     first = guarded()
     (project / "data.bin").write_bytes(random.Random(2).randbytes(BIG))
     msg = first.messages.create(model="claude-opus-4-7", max_tokens=64, messages=[user("go")])
@@ -452,7 +465,8 @@ def test_checkpoints_of_a_guarded_client_are_collected(guarded, home, project, c
     second = guarded()
     msg = second.messages.create(model="claude-opus-4-7", max_tokens=64, messages=[user("go")])
     new_checkpoint = agentguard.info(msg).checkpoint
-    store = Store.open(home)
+    store = open_store(home)
+    assert store_env == "sqlite" or not isinstance(store, Store)
 
     report = collect(store, AGE_ONLY, now=clock.now())
 
