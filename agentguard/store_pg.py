@@ -15,7 +15,7 @@ keeps its own fast paths). What differs, and why:
   is not a failed step: each store method runs its transaction again on a new connection,
   waiting up to `reconnect_within` (the default policy's step deadline) for the server to come
   back. When a connection drops while COMMIT was in flight nobody knows whether it landed, so
-  the retry first looks for its own row (`_already`) instead of writing it twice.
+  the retry first looks for its own row (`_run`'s `already`) instead of writing it twice.
 - Messages. Short JSON goes in `messages.content` (text), long zlib-compressed JSON in
   `messages.content_z` (bytea); `conversation_rows` hands back one `content` (str or bytes) as
   SQLite's does, so `unpack` reads either.
@@ -26,23 +26,35 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
-import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urlsplit
 
 from agentguard.clock import Clock, SystemClock
 from agentguard.errors import StoreError
 from agentguard.home import home_dir
-from agentguard.migrations_pg import KNOWN, MIGRATIONS
 from agentguard.store import StoreReads, dumps, pack
 from agentguard.store_pg_changes import Listener
+from agentguard.store_pg_setup import (
+    CONNECT_TIMEOUT_S,
+    describe_connect_error,
+    host_port,
+    lock_key,
+    lost,
+    masked,
+    migrate,
+)
+from agentguard.store_pg_sql import (
+    Transaction,
+    exists,
+    insert_row,
+    row_values,
+    take_write_lock,
+    translate,
+    update_row,
+)
 
 try:
     import psycopg
@@ -52,37 +64,16 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     psycopg = None  # type: ignore[assignment]
     PoolTimeout = None  # type: ignore[assignment,misc]
 
-URL_SCHEMES = ("postgresql://", "postgres://")
-CONNECT_TIMEOUT_S = 10
 POOL_MAX = 8
-MIGRATIONS_TABLE = "agentguard_migrations"
 # How long a store call waits for a dropped server to come back before the step fails: the
 # default policy's step deadline.
 RECONNECT_WITHIN_S = 120.0
 # Pauses between tries on a lost connection: the first retry at once (a killed backend leaves
 # the server up), then backing off to one try a second while it restarts.
 RECONNECT_PAUSES_S = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
-# SQLSTATEs that mean "this connection is gone" rather than "this SQL failed": class 08
-# (connection exceptions), admin shutdown (pg_terminate_backend, a fast or smart restart),
-# crash shutdown, and "the database system is starting up".
-LOST_STATES = ("57P01", "57P02", "57P03")
 
 T = TypeVar("T")
 log = logging.getLogger("agentguard")
-
-
-def is_postgres_url(value: str | None) -> bool:
-    return bool(value) and str(value).startswith(URL_SCHEMES)
-
-
-def masked(url: str) -> str:
-    """The URL as it may be shown or logged: user, host, port and database, never a password."""
-    parts = urlsplit(url)
-    user = unquote(parts.username) if parts.username else ""
-    host = parts.hostname or "localhost"
-    port = parts.port or 5432
-    db = parts.path.lstrip("/") or user
-    return f"{parts.scheme}://{user + '@' if user else ''}{host}:{port}/{db}"
 
 
 class PostgresStore(StoreReads):
@@ -173,14 +164,14 @@ class PostgresStore(StoreReads):
         The caller's block cannot be run again, so a connection lost inside it is a
         StoreError; callers whose block may safely run twice use `transact`, which retries."""
         with self._transaction() as tx:
-            _lock(tx, self._write_key)
+            take_write_lock(tx, self._write_key)
             yield tx
 
     def transact(self, block: Callable[[Transaction], T]) -> T:
         """`block(tx)` inside `write()`, run again on a new connection if the server drops
         the one it had (see module). `block` must be safe to run twice: the breaker's and the
         budget's compare-and-set updates are."""
-        return self._run(lambda tx: block(_lock(tx, self._write_key)))
+        return self._run(lambda tx: block(take_write_lock(tx, self._write_key)))
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         text, values = translate(sql, params)
@@ -232,7 +223,7 @@ class PostgresStore(StoreReads):
                     finally:
                         self._local.tx = None
             except Exception as exc:
-                if not _lost(exc):
+                if not lost(exc):
                     raise
                 unsure = unsure or committing
                 waited = self._clock.monotonic() - began
@@ -254,7 +245,7 @@ class PostgresStore(StoreReads):
         if isinstance(exc, psycopg.OperationalError) and "FATAL:" in str(exc):
             return describe_connect_error(self.path, exc, self._url)
         return (
-            f"agentguard lost the PostgreSQL server at {_host_port(self.path)} and it did not "
+            f"agentguard lost the PostgreSQL server at {host_port(self.path)} and it did not "
             f"come back within {waited:.0f} s; check that the server is running and that "
             "AGENTGUARD_STORE is right."
         )
@@ -278,7 +269,7 @@ class PostgresStore(StoreReads):
                 finally:
                     self._local.tx = None
         except Exception as exc:
-            if not _lost(exc):
+            if not lost(exc):
                 raise
             raise StoreError(self._gone(exc, 0.0)) from None
 
@@ -290,12 +281,12 @@ class PostgresStore(StoreReads):
 
     def insert_run(self, row: dict[str, Any]) -> None:
         def found(tx: Transaction) -> bool | None:
-            return _exists(tx, "select 1 from runs where id = %s", [row["id"]])
+            return exists(tx, "select 1 from runs where id = %s", [row["id"]])
 
-        self._run(lambda tx: _insert(tx.raw, "runs", row), found)
+        self._run(lambda tx: insert_row(tx.raw, "runs", row), found)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        self._run(lambda tx: _update(tx.raw, "runs", "id", run_id, fields))
+        self._run(lambda tx: update_row(tx.raw, "runs", "id", run_id, fields))
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -322,7 +313,7 @@ class PostgresStore(StoreReads):
                     "insert into blobs (sha, body) values (%s, %s) on conflict (sha) do nothing",
                     list(blob),
                 )
-            step_id = _insert(conn, "steps", {**step, "number": number}, returning=True)
+            step_id = insert_row(conn, "steps", {**step, "number": number}, returning=True)
             if messages:
                 rows = []
                 for m in messages:
@@ -349,7 +340,7 @@ class PostgresStore(StoreReads):
         return self._run(write, found)
 
     def update_step(self, step_id: int, **fields: Any) -> None:
-        self._run(lambda tx: _update(tx.raw, "steps", "id", step_id, fields))
+        self._run(lambda tx: update_row(tx.raw, "steps", "id", step_id, fields))
 
     def finish_step(
         self,
@@ -364,9 +355,9 @@ class PostgresStore(StoreReads):
 
         def write(tx: Transaction) -> None:
             if attempt is not None:
-                _update(tx.raw, "attempts", "id", attempt[0], attempt[1])
-            _update(tx.raw, "steps", "id", step_id, step)
-            _update(tx.raw, "runs", "id", run_id, run)
+                update_row(tx.raw, "attempts", "id", attempt[0], attempt[1])
+            update_row(tx.raw, "steps", "id", step_id, step)
+            update_row(tx.raw, "runs", "id", run_id, run)
 
         self._run(write)
 
@@ -418,10 +409,10 @@ class PostgresStore(StoreReads):
             ).fetchone()
             return int(got[0]) if got else None
 
-        return self._run(lambda tx: _insert(tx.raw, "attempts", row, returning=True), found)
+        return self._run(lambda tx: insert_row(tx.raw, "attempts", row, returning=True), found)
 
     def update_attempt(self, attempt_id: int, fields: dict[str, Any]) -> None:
-        self._run(lambda tx: _update(tx.raw, "attempts", "id", attempt_id, fields))
+        self._run(lambda tx: update_row(tx.raw, "attempts", "id", attempt_id, fields))
 
     def insert_event(
         self, run_id: str, kind: str, detail: dict[str, Any], *, at: float, step_id: int | None
@@ -435,14 +426,14 @@ class PostgresStore(StoreReads):
         }
 
         def found(tx: Transaction) -> bool | None:
-            return _exists(
+            return exists(
                 tx,
                 "select 1 from events where run_id = %s and kind = %s and at = %s "
                 "and detail = %s and step_id is not distinct from %s",
                 [run_id, kind, at, row["detail"], step_id],
             )
 
-        self._run(lambda tx: _insert(tx.raw, "events", row), found)
+        self._run(lambda tx: insert_row(tx.raw, "events", row), found)
 
     def insert_snapshot(self, row: dict[str, Any]) -> None:
         """Insert, or replace the row with that commit whole (SQLite's `insert or replace`:
@@ -455,10 +446,10 @@ class PostgresStore(StoreReads):
             f"insert into snapshots ({names}) values ({', '.join(['%s'] * len(row))}) "
             f"on conflict (commit_sha) do update set {reset}"
         )
-        self._run(lambda tx: tx.raw.execute(sql, _row_values(row.values())))
+        self._run(lambda tx: tx.raw.execute(sql, row_values(row.values())))
 
     def update_snapshot(self, commit: str, fields: dict[str, Any]) -> None:
-        self._run(lambda tx: _update(tx.raw, "snapshots", "commit_sha", commit, fields))
+        self._run(lambda tx: update_row(tx.raw, "snapshots", "commit_sha", commit, fields))
 
     # -- opening: diagnose, migrate ---------------------------------------------------------------
 
@@ -475,7 +466,7 @@ class PostgresStore(StoreReads):
                     f"The PostgreSQL database {self.path} has no schema to write to (the "
                     "search_path names none that exists); create it or fix AGENTGUARD_STORE."
                 )
-            migrate(conn, self.path, _lock_key(f"migrate:{schema}"))
+            migrate(conn, self.path, lock_key(f"migrate:{schema}"))
             columns = [
                 row[0]
                 for row in conn.execute(
@@ -484,278 +475,10 @@ class PostgresStore(StoreReads):
                     "order by ordinal_position"
                 )
             ]
-            return _lock_key(f"write:{schema}"), columns
+            return lock_key(f"write:{schema}"), columns
         except psycopg.OperationalError as exc:
-            if not _lost(exc):
+            if not lost(exc):
                 raise
             raise StoreError(describe_connect_error(self.path, exc, self._url)) from None
         finally:
             conn.close()
-
-
-class Transaction:
-    """What `write()` yields: `.conn` takes the `?`-SQL the callers already send, `.query`
-    gives dict rows (as sqlite-utils' Database does)."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.conn = Connection(raw)
-        self.locked = False
-
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Iterator[dict]:
-        text, values = translate(sql, params)
-        with self.raw.cursor(row_factory=dict_row) as cur:
-            cur.execute(text, values)
-            rows = cur.fetchall() if cur.description else []
-        yield from rows
-
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Cursor:
-        return self.conn.execute(sql, params)
-
-    def __getitem__(self, table: str) -> Table:
-        return Table(self.raw, table)
-
-
-# Each table's primary key, for sqlite-utils' `db[table].update(pk, fields)` that callers use.
-_KEYS = {"snapshots": "commit_sha", "blobs": "sha", "route_health": "route"}
-
-
-class Table:
-    """The one sqlite-utils table call the callers make inside `write()`: `update(pk, {...})`."""
-
-    def __init__(self, raw: Any, name: str) -> None:
-        self.raw = raw
-        self.name = name
-
-    def update(self, pk: Any, updates: dict[str, Any]) -> Table:
-        _update(self.raw, self.name, _KEYS.get(self.name, "id"), pk, updates)
-        return self
-
-
-class Connection:
-    """A DB-API-like face over a psycopg connection for SQLite-style SQL."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Cursor:
-        text, values = translate(sql, params)
-        cur = self.raw.cursor()
-        cur.execute(text, values)
-        return Cursor(cur, text)
-
-    def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> Cursor:
-        text, _ = translate(sql, ())
-        cur = self.raw.cursor()
-        cur.executemany(text, [_params(p) for p in seq])
-        return Cursor(cur, text)
-
-
-class Cursor:
-    """fetchone / fetchall / rowcount / iteration, and `lastrowid` after an INSERT (the id
-    the insert drew from its identity sequence, asked for only when read)."""
-
-    def __init__(self, cur: Any, sql: str) -> None:
-        self._cur = cur
-        self._sql = sql
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._cur.rowcount)
-
-    @property
-    def description(self) -> Any:
-        return self._cur.description
-
-    @property
-    def lastrowid(self) -> int | None:
-        if not self._sql.lstrip().lower().startswith("insert"):
-            return None
-        (value,) = self._cur.connection.execute("select lastval()").fetchone()
-        return int(value)
-
-    def fetchone(self) -> tuple | None:
-        return self._cur.fetchone() if self._cur.description else None
-
-    def fetchall(self) -> list[tuple]:
-        return self._cur.fetchall() if self._cur.description else []
-
-    def __iter__(self) -> Iterator[tuple]:
-        return iter(self.fetchall())
-
-    def close(self) -> None:
-        self._cur.close()
-
-
-# -- SQL translation ------------------------------------------------------------------------------
-
-_NAMED = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def translate(
-    sql: str, params: Sequence[Any] | dict[str, Any] = ()
-) -> tuple[str, list[Any] | dict[str, Any]]:
-    """SQLite-style SQL and parameters → psycopg's: `?` → `%s` (`:name` → `%(name)s` when the
-    parameters are a dict), a literal `%` doubled; quoted strings and names left alone."""
-    if isinstance(params, dict):
-        return _translate(sql, True), {k: _param(v) for k, v in params.items()}
-    return _translate(sql, False), _params(params)
-
-
-@lru_cache(maxsize=512)
-def _translate(sql: str, named: bool) -> str:
-    out: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch in "'\"":  # a quoted string or name: copy it through its closing quote
-            end = i + 1
-            while end < n:
-                if sql[end] == ch:
-                    if end + 1 < n and sql[end + 1] == ch:  # a doubled quote inside
-                        end += 2
-                        continue
-                    break
-                end += 1
-            out.append(sql[i : end + 1].replace("%", "%%"))
-            i = end + 1
-        elif ch == "?" and not named:
-            out.append("%s")
-            i += 1
-        elif ch == ":" and named and (m := _NAMED.match(sql, i)) and sql[i - 1 : i] != ":":
-            out.append(f"%({m.group(1)})s")
-            i = m.end()
-        elif ch == "%":
-            out.append("%%")
-            i += 1
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
-
-
-def _param(value: Any) -> Any:
-    """A parameter as SQLite would bind it: a bool is the integer 0 or 1."""
-    return int(value) if isinstance(value, bool) else value
-
-
-def _params(params: Iterable[Any]) -> list[Any]:
-    return [_param(v) for v in params]
-
-
-def _row_values(values: Iterable[Any]) -> list[Any]:
-    """A row's values as store.py's `_value` writes them: lists and dicts as JSON text."""
-    return [dumps(v) if isinstance(v, dict | list | tuple) else _param(v) for v in values]
-
-
-def _lock(tx: Transaction, key: int) -> Transaction:
-    """Take the fleet-wide writers' lock for `tx` once (see the module: SQLite's one writer)."""
-    if not tx.locked:
-        tx.raw.execute("select pg_advisory_xact_lock(%s)", [key])
-        tx.locked = True
-    return tx
-
-
-def _exists(tx: Transaction, sql: str, params: Sequence[Any]) -> bool | None:
-    """True if `sql` finds a row, None if not (`_run`'s "already there?" answer)."""
-    return True if tx.raw.execute(sql, list(params)).fetchone() else None
-
-
-def _lost(exc: BaseException) -> bool:
-    """Is this the connection going away (try again on another), not the SQL failing?"""
-    if PoolTimeout is not None and isinstance(exc, PoolTimeout):
-        return True
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    state = exc.sqlstate
-    return state is None or state.startswith("08") or state in LOST_STATES
-
-
-def _insert(conn: Any, table: str, row: dict[str, Any], *, returning: bool = False) -> int:
-    names = ", ".join(f'"{name}"' for name in row)
-    sql = f'insert into "{table}" ({names}) values ({", ".join(["%s"] * len(row))})'
-    cur = conn.execute(sql + (" returning id" if returning else ""), _row_values(row.values()))
-    return int(cur.fetchone()[0]) if returning else 0
-
-
-def _update(conn: Any, table: str, key: str, value: Any, fields: dict[str, Any]) -> None:
-    if not fields:
-        return
-    assignments = ", ".join(f'"{name}" = %s' for name in fields)
-    conn.execute(
-        f'update "{table}" set {assignments} where "{key}" = %s',
-        [*_row_values(fields.values()), value],
-    )
-
-
-# -- migrations -----------------------------------------------------------------------------------
-
-
-def migrate(conn: Any, where: str, lock_key: int) -> None:
-    """Apply the missing migrations, one process at a time (a session advisory lock), and
-    refuse a database that a newer agentguard has migrated further."""
-    conn.execute("select pg_advisory_lock(%s)", [lock_key])
-    try:
-        conn.execute(
-            f"create table if not exists {MIGRATIONS_TABLE} "
-            "(name text primary key, applied_at double precision not null)"
-        )
-        applied = {row[0] for row in conn.execute(f"select name from {MIGRATIONS_TABLE}")}
-        unknown = applied - set(KNOWN)
-        if unknown:
-            raise StoreError(
-                f"The database {where} was written by a newer agentguard "
-                f"(schema {sorted(unknown)[-1]}); upgrade agentguard to read it."
-            )
-        for name, statements in MIGRATIONS:
-            if name in applied:
-                continue
-            with conn.transaction():
-                conn.execute(statements)
-                conn.execute(
-                    f"insert into {MIGRATIONS_TABLE} (name, applied_at) values (%s, %s)",
-                    [name, time.time()],
-                )
-    finally:
-        conn.execute("select pg_advisory_unlock(%s)", [lock_key])
-
-
-def _lock_key(name: str) -> int:
-    """A stable bigint advisory-lock key for `name` (per schema, so test schemas never wait
-    for each other)."""
-    return zlib.crc32(f"agentguard:{name}".encode())
-
-
-# -- errors ---------------------------------------------------------------------------------------
-
-
-def describe_connect_error(where: str, exc: Exception, url: str = "") -> str:
-    """One sentence for a failed connection: the server did not answer, or it refused us.
-    The password in `url`, if any, never reaches the sentence."""
-    text = " ".join(str(exc).split())
-    password = urlsplit(url).password if url else None
-    if password:
-        text = text.replace(password, "***").replace(quote(password, safe=""), "***")
-    host_port = _host_port(where)
-    if "FATAL:" in text:
-        reason = text.split("FATAL:", 1)[1].strip()
-        if "does not exist" in reason and "database" in reason:
-            return (
-                f"The PostgreSQL server at {host_port} has no such database ({reason}); "
-                "create it or fix the database name in AGENTGUARD_STORE."
-            )
-        return (
-            f"The PostgreSQL server at {host_port} refused agentguard ({reason}); "
-            "check the user and password in AGENTGUARD_STORE."
-        )
-    reason = text.removeprefix("connection failed: ")
-    reason = reason.split(" Is the server running", 1)[0]
-    return (
-        f"agentguard cannot reach the PostgreSQL server at {host_port} ({reason}); "
-        "check that the server is running and that AGENTGUARD_STORE is right."
-    )
-
-
-def _host_port(where: str) -> str:
-    parts = urlsplit(where)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
