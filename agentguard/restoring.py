@@ -15,11 +15,16 @@ A run's snapshots live in the shadow store of its project folder (`runs.project`
 is resumed in a folder it moved to (`resume(project=NEW)`), its snapshots are copied into the
 new folder's store and `runs.project` is updated (with a `project_moved` event), so `diff`,
 `restore`, `show`, the TUI and the steps the resumed run goes on with all use one store.
+
+Shadow stores stay on their machine, also in fleet mode (one PostgreSQL store for many
+machines): a `restored` event names its host, and an --undo of a restore made on another
+machine, whose backup is not here, says where it is instead of calling it pruned.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -146,11 +151,32 @@ def require_commit(
     rows = store.query(
         "select pruned_at from snapshots where commit_sha = ? and pruned_at is not null", [commit]
     )
+    here, there = socket.gethostname(), None if rows else _saved_on(store, commit)
+    if there is not None and there != here:
+        raise SnapshotError(
+            f"{what} ({commit[:12]}) was saved on {there}, in that machine's shadow store, not "
+            f"in this one's ({here}); run this on {there}."
+        )
     why = f"{pruned_message(rows[0]['pruned_at'])}" if rows else "it may have been pruned"
     raise SnapshotError(
         f"{what} ({commit[:12]}) is missing from the shadow store {shadow.store_dir} ({why}); "
         f"{hint}."
     )
+
+
+def _saved_on(store: Store, commit: str) -> str | None:
+    """The machine a backup was saved on, as its restore (or resume) recorded it: in a fleet's
+    shared store, another machine's backup is in that machine's shadow store."""
+    import json
+
+    for event in store.query(
+        "select detail from events where kind in (?, ?) and detail like ? order by id desc",
+        [*UNDOABLE, f'%"backup":"{commit}"%'],
+    ):
+        host = json.loads(event["detail"] or "{}").get("host")
+        if isinstance(host, str) and host:
+            return host
+    return None
 
 
 def step_by_number(steps: list[dict[str, Any]], run_id: str, number: int) -> dict[str, Any]:
@@ -314,6 +340,7 @@ def restore(
             "paths": paths[:50],
             "preserved": list(result.preserved),
             "project": str(shadow.project),
+            "host": socket.gethostname(),
         },
         at=moment,
         step_id=target.step_id,

@@ -118,3 +118,38 @@ def test_the_demo_stays_on_this_machine_whatever_agentguard_store_says(
             "select table_name from information_schema.tables where table_schema = current_schema()"
         ).fetchall()
     assert tables == []
+
+
+def test_an_undo_of_another_machines_restore_says_where_its_backup_is(
+    machines: list[World],
+    postgres_schema_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """B restored a snapshot (its backup went to B's shadow store); on A, whose own shadow
+    store of the project has no such commit, --undo names B instead of calling it pruned."""
+    from agentguard.cli import main
+    from agentguard.errors import SnapshotError
+    from agentguard.restoring import open_shadow, restore, snapshot_target, undo_target
+
+    a, b = machines
+    add_run(a, "a-run", age_days=1, steps=1)
+    first, _ = add_run(b, "b-run", age_days=1)
+    here = socket.gethostname()
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "gethostname", lambda: "machine-b")
+        run = b.store.get_run("b-run")
+        done = restore(b.store, "b-run", snapshot_target(open_shadow(b.store, run), run, first))
+    assert not a.shadow.has_commit(done.backup)
+
+    with pytest.raises(
+        SnapshotError, match=rf"was saved on machine-b.*not in this one's \({here}\)"
+    ):
+        restore(a.store, "b-run", undo_target(a.store, a.store.get_run("b-run")))
+
+    monkeypatch.setenv(STORE_ENV, postgres_schema_url)
+    capsys.readouterr()
+    assert main(["--home", str(a.home), "restore", "b-run", "--undo", "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert "was saved on machine-b" in err and "run this on machine-b" in err
+    assert "pruned" not in err
