@@ -6,13 +6,15 @@
     max_file_bytes = 10485760
     secret_files = ["*.p12"]           # also never snapshotted ("!.env.*" turns one off)
     snapshot_remote = "git@git.internal:team/agentguard-checkpoints.git"  # checkpoints travel
+    store = "postgresql://agentguard@db.internal/agentguard"  # the fleet's shared store
 
     [providers.gateway]                # an OpenAI-compatible gateway of your own
     kind = "openai"
     base_url = "http://127.0.0.1:4000/v1"
     api_key_env = "GATEWAY_KEY"
 
-Arguments given to `wrap()` win over the file.
+Arguments given to `wrap()` win over the file; for `store` and `snapshot_remote`, so does the
+environment (`store_choice` has the order).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from agentguard.errors import ConfigError
 from agentguard.policy import describe_problems, policy_problems, problems
 from agentguard.routes import ProviderSpec, parse_chain, parse_route
+from agentguard.store_choice import store_problem
 
 CONFIG_FILE = "agentguard.toml"
 
@@ -44,6 +47,9 @@ class AgentGuardConfig(BaseModel):
     # A git remote (any URL git takes; a local bare repository works) that each run's
     # checkpoints are pushed to, so `agentguard resume RUN --project DIR` works on another machine.
     snapshot_remote: str | None = None
+    # The store: a postgresql:// URL (a fleet's shared store) or "sqlite" (the local file);
+    # --store and $AGENTGUARD_STORE win over it (see agentguard.store_choice).
+    store: str | None = None
 
 
 SNAPSHOT_REMOTE_ENV = "AGENTGUARD_SNAPSHOT_REMOTE"
@@ -104,10 +110,12 @@ def _parse(file: Path, data: dict[str, Any], *, in_pyproject: bool) -> AgentGuar
         mine = [
             e
             for e in exc.errors(include_url=False)
-            if e["loc"][:1] not in (("policy",), ("chain",))
+            if e["loc"][:1] not in (("policy",), ("chain",), ("store",))
         ]
         found += problems(mine, AgentGuardConfig)
     found += policy_problems(section.get("policy"))
+    if "store" in section and (wrong := store_problem(section["store"])) is not None:
+        found.append(f"store {wrong}")  # never quoted: the URL may hold a password
     found += _chain_problems(section.get("chain"), section.get("providers"))
     if found or config is None:
         raise ConfigError(describe_problems(where, found))
