@@ -29,10 +29,18 @@ from agentguard.commands import (
     statusline,
     watch,
 )
-from agentguard.commands.common import FAILED, USAGE, Context, exit_code, help_formatter
+from agentguard.commands.common import (
+    FAILED,
+    USAGE,
+    Context,
+    add_store_option,
+    exit_code,
+    help_formatter,
+)
 from agentguard.errors import AgentGuardError
 from agentguard.home import ENV_VAR, home_dir
 from agentguard.store import DB_NAME
+from agentguard.store_choice import STORE_ENV
 
 COMMANDS = (
     runs,
@@ -49,6 +57,21 @@ COMMANDS = (
     proxy,
     run,
 )
+# The commands that open the store, so take --store (demo keeps its own store under --home).
+STORE_COMMANDS = (
+    runs,
+    show,
+    diff,
+    restore,
+    resume,
+    watch,
+    stats,
+    metrics,
+    gc,
+    statusline,
+    proxy,
+    run,
+)
 
 EPILOG = f"""\
 examples:
@@ -61,7 +84,8 @@ examples:
   agentguard stats --since 24h             529 rate, retries, latency, fallbacks, cost
   agentguard demo                          the whole story offline
 
-The store is --home, else ${ENV_VAR}, else the per-user data folder.
+The store is --home, else ${ENV_VAR}, else the per-user data folder; or a fleet's PostgreSQL
+server: --store URL, else ${STORE_ENV}, else `store` in ./agentguard.toml.
 Exit codes: 0 ok, 1 the action failed, 2 usage error or refused (nothing changed).
 """
 
@@ -93,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[shared],
         )
         module.add_arguments(sub)
+        if module in STORE_COMMANDS:
+            add_store_option(sub)
         sub.set_defaults(handler=module.run)
     return parser
 
@@ -107,7 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return USAGE
-    ctx = Context(home=getattr(args, "home", None), as_json=getattr(args, "json", False))
+    ctx = Context(
+        home=getattr(args, "home", None),
+        as_json=getattr(args, "json", False),
+        store_flag=getattr(args, "store", None),
+    )
     try:
         return int(handler(ctx, args))
     except AgentGuardError as exc:

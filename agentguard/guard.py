@@ -87,9 +87,10 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         store: Store | None = None,
         resume: str | None = None,
         snapshot_remote: str | None = None,
+        store_url: str | None = None,  # a postgresql:// URL or "sqlite"; None: $AGENTGUARD_STORE
     ) -> None:
         self.project = project_folder(project)
-        self.store = store or open_store(home)
+        self.store = store or open_store(home, url=store_url)
         previous = self._previous_run(resume) if resume else None
         if policy is None and previous is not None and previous["policy"]:
             policy = json.loads(previous["policy"])

@@ -23,6 +23,7 @@ from agentguard.providers.dispatch import Dispatcher, Face
 from agentguard.records import StepInfo
 from agentguard.routes import KNOWN_PROVIDERS, Route, check_keys, parse_chain
 from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES
+from agentguard.store_choice import choose_store
 
 ChainEntry = str | Mapping[str, Any] | Route
 
@@ -46,6 +47,7 @@ def wrap(
     budget: BudgetSettings | None = None,
     resume: str | None = None,
     snapshot_remote: str | None = None,
+    store_url: str | None = None,
 ) -> Any:
     """Guard every model call of an Anthropic or OpenAI client (sync or async).
 
@@ -54,7 +56,9 @@ def wrap(
     own retries are switched off), falls back along `chain` as the policy allows, and records
     every attempt in the store. `resume=RUN_ID` records into an existing run instead of a new
     one (see `agentguard.resume`). `snapshot_remote` (else $AGENTGUARD_SNAPSHOT_REMOTE, else the
-    config file's): a git remote each checkpoint is pushed to in the background.
+    config file's): a git remote each checkpoint is pushed to in the background. `store_url`
+    (else $AGENTGUARD_STORE, else the config file's `store`): a postgresql:// URL for a fleet's
+    shared store, or "sqlite" for the local file under `home`.
     """
     if not isinstance(client, Anthropic | AsyncAnthropic | OpenAI | AsyncOpenAI):
         raise ConfigError(
@@ -62,7 +66,10 @@ def wrap(
             f"openai.OpenAI or openai.AsyncOpenAI client, not {type(client).__name__}."
         )
     folder = project_folder(project)
-    settings, _ = load_config(folder, config)
+    settings, config_file = load_config(folder, config)
+    store_location = choose_store(
+        store_url, (settings.store, str(config_file)), given_as="wrap(store_url=)"
+    )
     dispatcher = Dispatcher(client)
     routes = parse_chain(chain if chain is not None else settings.chain, settings.providers)
     routes = [_own(route, dispatcher) for route in routes]
@@ -84,6 +91,7 @@ def wrap(
         budget=budget,
         resume=resume,
         snapshot_remote=config_snapshot_remote(snapshot_remote, settings),
+        store_url=store_location,
     )
     if dispatcher.kind == "anthropic":
         cls: type[_GuardedClient] = (

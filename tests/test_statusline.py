@@ -13,6 +13,7 @@ import re
 import select
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,16 +24,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from agentguard import cli
 from agentguard.clock import FakeClock
 from agentguard.commands import statusline
 from agentguard.store import DB_NAME, Store
+from agentguard.store_choice import STORE_ENV
 from agentguard.testing import FakeProvider, Turn, ok, overloaded, stall
 from tests import claude_cli
 from tests.claude_cli import ClaudeCode
-from tests.conftest import ATTEMPTS, storm, user
+from tests.conftest import ATTEMPTS, Engine, storm, user
 
 OPUS, SONNET = "claude-opus-4-7", "claude-sonnet-4-6"
 CHAIN = [f"anthropic:{OPUS}", f"anthropic:{SONNET}"]
@@ -68,6 +71,17 @@ def line(
     return out.removesuffix("\n")
 
 
+@pytest.fixture
+def on_engine(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """The test's store on each engine: SQLite under AGENTGUARD_HOME, or PostgreSQL (a fresh
+    schema) named by $AGENTGUARD_STORE — what the guarded client writes and the line reads."""
+    if engine.name == "postgresql":
+        monkeypatch.setenv(STORE_ENV, engine.locator)
+    else:
+        monkeypatch.delenv(STORE_ENV, raising=False)
+    return engine
+
+
 def ask(client: Any) -> Any:
     return client.messages.create(model=OPUS, max_tokens=64, messages=[user("hi")])
 
@@ -84,6 +98,7 @@ def until(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 
 def test_a_substituted_step_says_who_serves_and_why(
+    on_engine: Engine,  # first: its schema is dropped after the clients close
     guarded: Callable[..., Any],
     fake: FakeProvider,
     monkeypatch: pytest.MonkeyPatch,
@@ -97,6 +112,7 @@ def test_a_substituted_step_says_who_serves_and_why(
 
 
 def test_a_clean_step_says_the_model_and_its_retries(
+    on_engine: Engine,  # first: its schema is dropped after the clients close
     guarded: Callable[..., Any],
     fake: FakeProvider,
     monkeypatch: pytest.MonkeyPatch,
@@ -116,6 +132,7 @@ def test_a_clean_step_says_the_model_and_its_retries(
 
 
 def test_a_step_in_flight_after_failures_says_what_it_waits_for(
+    on_engine: Engine,  # first: its schema is dropped after the clients close
     guarded: Callable[..., Any],
     fake: FakeProvider,
     home: Path,
@@ -140,6 +157,7 @@ def test_a_step_in_flight_after_failures_says_what_it_waits_for(
 
 
 def test_a_step_not_served_says_so(
+    on_engine: Engine,  # first: its schema is dropped after the clients close
     guarded: Callable[..., Any],
     fake: FakeProvider,
     monkeypatch: pytest.MonkeyPatch,
@@ -155,6 +173,7 @@ def test_a_step_not_served_says_so(
 
 
 def test_an_unknown_session_falls_back_to_the_newest_run_of_its_folder(
+    on_engine: Engine,  # first: its schema is dropped after the clients close
     guarded: Callable[..., Any],
     fake: FakeProvider,
     project: Path,
@@ -178,6 +197,7 @@ def test_an_unknown_session_falls_back_to_the_newest_run_of_its_folder(
 )
 def test_bad_input_prints_agentguard_and_exits_0(
     stdin: str,
+    on_engine: Engine,  # first: its schema is dropped after the clients close
     guarded: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -200,6 +220,94 @@ def test_no_store_or_a_broken_one_prints_agentguard(
     assert line(session(), monkeypatch, capsys, "--home", str(other)) == "agentguard"
 
 
+def test_an_unreachable_postgresql_server_prints_agentguard_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that refuses the connection is the line `agentguard`, as a missing SQLite
+    file is: nothing on stderr, exit 0, no wait."""
+    url = "postgresql://agent:pw-s3cret@127.0.0.1:1/fleet"
+    started = time.monotonic()
+    assert line(session(), monkeypatch, capsys, "--store", url) == "agentguard"
+    monkeypatch.setenv(STORE_ENV, url)
+    assert line(session(), monkeypatch, capsys) == "agentguard"
+    assert time.monotonic() - started < statusline.CONNECT_TIMEOUT_S
+
+
+def test_a_postgresql_server_that_never_answers_costs_the_connect_timeout_at_most(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that takes the connection and then says nothing (overloaded, a dead proxy in
+    between) must not hold Claude Code's prompt: the line gives up after CONNECT_TIMEOUT_S."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepted by the kernel, never answered
+        url = f"postgresql://agent@127.0.0.1:{silent.getsockname()[1]}/fleet"
+        started = time.monotonic()
+        assert line(session(), monkeypatch, capsys, "--store", url) == "agentguard"
+        waited = time.monotonic() - started
+    assert waited < statusline.CONNECT_TIMEOUT_S + 2.0, waited
+
+
+def test_a_postgresql_store_without_agentguards_tables_prints_agentguard_and_creates_nothing(
+    postgres_schema_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert line(session(), monkeypatch, capsys, "--store", postgres_schema_url) == "agentguard"
+    with psycopg.connect(postgres_schema_url) as conn:
+        tables = conn.execute(
+            "select count(*) from information_schema.tables where table_schema = current_schema()"
+        ).fetchone()
+    assert tables == (0,)  # read only: no migration, as no SQLite file is created
+
+
+def test_store_and_the_config_file_choose_the_store_the_line_reads(
+    postgres_schema_url: str,  # first: its schema is dropped after the client closes
+    guarded: Callable[..., Any],
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    ask(guarded(run=SESSION, store_url=postgres_schema_url))
+    expected = "agentguard ✓ opus-4-7"
+    assert line(session(), monkeypatch, capsys) == "agentguard"  # not in the SQLite file
+    assert line(session(), monkeypatch, capsys, "--store", postgres_schema_url) == expected
+    direct = [sys.executable, "-m", "agentguard.commands.statusline", "--home", str(home)]
+    out, _ = run_command([*direct, "--store", postgres_schema_url], json.dumps(session()))
+    assert out == expected + "\n"
+    folder = tmp_path / "configured"
+    folder.mkdir()
+    (folder / "agentguard.toml").write_text(f'store = "{postgres_schema_url}"\n')
+    monkeypatch.chdir(folder)  # where Claude Code runs the command: the session's folder
+    assert line(session(), monkeypatch, capsys) == expected
+    monkeypatch.setenv(STORE_ENV, "sqlite")  # the environment goes over the file
+    assert line(session(), monkeypatch, capsys) == "agentguard"
+    assert line(session(), monkeypatch, capsys, "--store", postgres_schema_url) == expected
+
+
+def test_an_event_whose_detail_is_not_json_does_not_hide_the_session(
+    on_engine: Engine,  # first: its schema is dropped after the clients close
+    guarded: Callable[..., Any],
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only client_session events' details are read as JSON (PostgreSQL casts the text)."""
+    other = guarded(run="another-run")
+    other.agentguard.event(None, "note", text="x")
+    client = guarded(run="not-the-session-id")
+    client.agentguard.event(None, statusline.SESSION_EVENT, session_id=SESSION)
+    ask(client)
+    sql = "update events set detail = 'not json' where kind = 'note'"
+    if on_engine.name == "sqlite":
+        with sqlite3.connect(home / DB_NAME) as conn:
+            conn.execute(sql)
+    else:
+        with psycopg.connect(on_engine.locator, autocommit=True) as pg:
+            pg.execute(sql)
+    assert line(session(), monkeypatch, capsys) == "agentguard ✓ opus-4-7"
+
+
 def test_the_store_module_names_the_same_database_file() -> None:
     assert statusline.DB_NAME == DB_NAME  # duplicated so the status line need not load the store
 
@@ -215,7 +323,11 @@ def run_command(command: list[str], stdin: str) -> tuple[str, float]:
 
 
 def test_the_command_as_a_process_prints_one_line_quickly(
-    guarded: Callable[..., Any], fake: FakeProvider, home: Path, capsys: pytest.CaptureFixture[str]
+    on_engine: Engine,  # first: its schema is dropped after the clients close
+    guarded: Callable[..., Any],
+    fake: FakeProvider,
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     client = guarded(run=SESSION, chain=CHAIN)
     fake.script(*storm(), model=OPUS)
@@ -234,7 +346,8 @@ def test_the_command_as_a_process_prints_one_line_quickly(
         assert statusline.status_line(session(), str(home)) == expected.strip()
     timings["query"] = (time.perf_counter() - started) * 1000 / 20
     with capsys.disabled():
-        print(f"\nstatusline ms: {', '.join(f'{k} {v:.1f}' for k, v in timings.items())}")
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+        print(f"\nstatusline ms ({on_engine.name}): {shown}")
 
 
 def test_the_lookup_finds_the_run_in_a_big_store(

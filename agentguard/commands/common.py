@@ -34,6 +34,7 @@ from agentguard.restoring import (  # noqa: F401 - the commands' shared helpers 
 )
 from agentguard.resuming import mark_interrupted
 from agentguard.store import Store, open_store
+from agentguard.store_choice import choose_store, configured_store
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -84,12 +85,19 @@ class Context:
     as_json: bool = False
     out: Console = field(default_factory=lambda: make_console(sys.stdout))
     err: Console = field(default_factory=lambda: make_console(sys.stderr))
+    store_flag: str | None = None  # --store as given (None: not given)
     _store: Store | None = None
+
+    def chosen_store(self) -> str:
+        """The store this command reads: "" for the SQLite file under --home, else the
+        postgresql:// URL — --store, else $AGENTGUARD_STORE, else `store` in the config file
+        of the current folder (read only when needed). A bad value is one sentence."""
+        return choose_store(self.store_flag, configured_store)
 
     def store(self) -> Store:
         """The store, with runs whose process died already marked `interrupted`."""
         if self._store is None:
-            self._store = open_store(self.home)
+            self._store = open_store(self.home, url=self.chosen_store())
             mark_interrupted(self._store)
         return self._store
 
@@ -301,6 +309,16 @@ def grid(cols: Sequence[Col], rows: Sequence[Sequence[Text]], width: int) -> Tab
     for row in rows:
         out.add_row(*row)
     return out
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    """--store, on every command that opens the store (read back as `Context.store_flag`)."""
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help='the store: a postgresql:// URL (a fleet\'s shared store) or "sqlite" (the file '
+        "under --home); default $AGENTGUARD_STORE, else `store` in ./agentguard.toml",
+    )
 
 
 def help_formatter(prog: str) -> argparse.HelpFormatter:

@@ -15,6 +15,12 @@ about the latest step of the session's run:
 It runs every few hundred milliseconds, so it reads the store once, read-only, with a few
 indexed queries, and imports nothing heavy; and it never fails loudly: bad or missing JSON on
 stdin, no store, a store from another version — it prints `agentguard` and exits 0.
+
+The store is the one every command reads (`--store`, else $AGENTGUARD_STORE, else `store` in
+the current folder's config file): the SQLite file through `sqlite3` itself, or a fleet's
+PostgreSQL server through one psycopg connection — never a PostgresStore, whose opening
+migrates and starts a pool. A server that does not answer costs at most CONNECT_TIMEOUT_S
+(psycopg's shortest) and prints `agentguard`, as a missing SQLite file does.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentguard.home import home_dir
+from agentguard.store_choice import choose_store, configured_store
 from agentguard.tui.formatting import short_error, short_model
 
 if TYPE_CHECKING:
@@ -51,20 +58,73 @@ SESSION_EVENT = "client_session"
 RECENT_RUNS = 500  # a session's client_session event is looked for among the newest runs
 FINISHED = ("ok",)
 IN_FLIGHT = ("pending", "waiting")
+CONNECT_TIMEOUT_S = 2  # psycopg waits at least 2 s whatever it is given
+STATEMENT_TIMEOUT_MS = 2000
+# The session id of a client_session event: SQLite reads the JSON text with json_extract;
+# PostgreSQL keeps it as text too, cast only on that kind's rows (another kind's detail is
+# never parsed, whatever it holds).
+SESSION_OF_EVENT = {
+    "sqlite": "json_extract(e.detail, '$.session_id')",
+    "postgresql": f"case when e.kind = '{SESSION_EVENT}' then e.detail::jsonb ->> 'session_id' end",
+}
+
+Row = Mapping[str, Any]
+
+
+class Rows(Protocol):
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Reader(Protocol):
+    """A read-only connection to either engine, taking this module's SQL (`?` placeholders)."""
+
+    engine: str
+
+    def execute(self, sql: str, params: Sequence[Any]) -> Rows: ...
+
+    def close(self) -> None: ...
+
+
+class _SQLite:
+    engine = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any]) -> Rows:
+        return self.conn.execute(sql, tuple(params))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Postgres:
+    engine = "postgresql"
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any]) -> Rows:
+        return self.conn.execute(sql.replace("?", "%s"), list(params))  # no `?` in our literals
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass  # everything comes from stdin; --home is shared by every command
+    pass  # everything comes from stdin; --home and --store are shared with the other commands
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    print_line(ctx.home)
+    print_line(ctx.home, ctx.store_flag)
     return 0
 
 
-def print_line(home: str | None = None) -> None:
+def print_line(home: str | None = None, store: str | None = None) -> None:
     try:
-        line = status_line(read_session(), home)
+        line = status_line(read_session(), home, store=store)
     except Exception:  # a status bar must never show a traceback
         line = PREFIX
     with contextlib.suppress(OSError, ValueError):
@@ -84,13 +144,18 @@ def read_session() -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def status_line(session: dict[str, Any], home: str | None = None, now: float | None = None) -> str:
-    path = home_dir(home) / DB_NAME
-    if not path.is_file():
+def status_line(
+    session: dict[str, Any],
+    home: str | None = None,
+    now: float | None = None,
+    *,
+    store: str | None = None,
+) -> str:
+    """The line for `session`, from the store `store` (--store) or the usual choice names."""
+    db = open_reader(home, store)
+    if db is None:
         return PREFIX
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.25)
     try:
-        db.row_factory = sqlite3.Row
         run_id = run_for_session(db, _text(session.get("session_id")), _projects(session))
         if run_id is None:
             return PREFIX
@@ -99,9 +164,30 @@ def status_line(session: dict[str, Any], home: str | None = None, now: float | N
         db.close()
 
 
-def run_for_session(
-    db: sqlite3.Connection, session_id: str | None, projects: Sequence[str] = ()
-) -> str | None:
+def open_reader(home: str | None = None, store: str | None = None) -> Reader | None:
+    """A read-only connection to the chosen store; None when there is no SQLite file (nothing
+    is created). A PostgreSQL server that does not answer raises (the caller prints PREFIX)."""
+    location = choose_store(store, configured_store)
+    if location:
+        import psycopg  # only here: it costs more to import than the SQLite lookup takes
+        from psycopg.rows import dict_row
+
+        conn = psycopg.connect(
+            location, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True, row_factory=dict_row
+        )
+        try:  # a locked table (a migration) must not hold the prompt either
+            conn.execute(f"set statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        except BaseException:
+            conn.close()
+            raise
+        return _Postgres(conn)
+    path = home_dir(home) / DB_NAME
+    if not path.is_file():
+        return None
+    return _SQLite(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.25))
+
+
+def run_for_session(db: Reader, session_id: str | None, projects: Sequence[str] = ()) -> str | None:
     """The run of a Claude Code session, or None. The contract a proxy writes to:
 
     1. a run whose `runs.name` is the session id (the newest if several), else
@@ -119,16 +205,16 @@ def run_for_session(
             "select id from runs where name = ? order by created_at desc limit 1", (session_id,)
         ).fetchone()
         if row is not None:
-            return row[0]
+            return str(row["id"])
         row = db.execute(
-            """select e.run_id from events e
+            f"""select e.run_id from events e
                where e.run_id in (select id from runs order by created_at desc limit ?)
-                 and e.kind = ? and json_extract(e.detail, '$.session_id') = ?
+                 and e.kind = ? and {SESSION_OF_EVENT[db.engine]} = ?
                order by e.at desc limit 1""",
             (RECENT_RUNS, SESSION_EVENT, session_id),
         ).fetchone()
         if row is not None:
-            return row[0]
+            return str(row["run_id"])
     if not projects:
         return None
     marks = ",".join("?" * len(projects))
@@ -136,10 +222,10 @@ def run_for_session(
         f"select id from runs where project in ({marks}) order by created_at desc limit 1",
         tuple(projects),
     ).fetchone()
-    return row[0] if row is not None else None
+    return str(row["id"]) if row is not None else None
 
 
-def describe(db: sqlite3.Connection, run_id: str, now: float) -> str:
+def describe(db: Reader, run_id: str, now: float) -> str:
     """The line for a run: its latest step, or the one before while a turn is in flight."""
     steps = db.execute(
         """select id, status, requested_model, served_model, substituted, started_at
@@ -164,7 +250,7 @@ def describe(db: sqlite3.Connection, run_id: str, now: float) -> str:
     return f"{line} — {_failures_by_model(failures)}" if failures else line
 
 
-def _finished(step: sqlite3.Row, attempts: list[sqlite3.Row]) -> str:
+def _finished(step: Row, attempts: list[Row]) -> str:
     requested, served = step["requested_model"], step["served_model"] or step["requested_model"]
     if step["substituted"]:
         own = [a for a in attempts if a["model"] == requested and _failed(a)]
@@ -177,9 +263,7 @@ def _finished(step: sqlite3.Row, attempts: list[sqlite3.Row]) -> str:
     return line
 
 
-def _waiting(
-    step: sqlite3.Row, attempts: list[sqlite3.Row], failures: list[sqlite3.Row], now: float
-) -> str:
+def _waiting(step: Row, attempts: list[Row], failures: list[Row], now: float) -> str:
     requested = step["requested_model"]
     trying = attempts[-1]["model"] if attempts else requested
     waited = _duration(now - (step["started_at"] or now))
@@ -194,7 +278,7 @@ def _waiting(
     return f"{PREFIX} ⏳ waiting for {short_model(requested)} — {storm}, {waited}"
 
 
-def _attempts(db: sqlite3.Connection, step_id: int) -> list[sqlite3.Row]:
+def _attempts(db: Reader, step_id: int) -> list[Row]:
     return db.execute(
         """select model, status_code, error_type, outcome from attempts
            where step_id = ? order by number""",
@@ -202,11 +286,11 @@ def _attempts(db: sqlite3.Connection, step_id: int) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def _failed(attempt: sqlite3.Row) -> bool:
+def _failed(attempt: Row) -> bool:
     return attempt["outcome"] not in ("ok", "pending")
 
 
-def _label(attempt: sqlite3.Row) -> str:
+def _label(attempt: Row) -> str:
     """What went wrong, shortest: '529', 'overloaded' (mid-stream, status 200), 'timeout'."""
     code = attempt["status_code"]
     if code and code != 200:
@@ -214,13 +298,13 @@ def _label(attempt: sqlite3.Row) -> str:
     return short_error(attempt["error_type"]) or str(attempt["outcome"])
 
 
-def _counted(failures: list[sqlite3.Row]) -> str:
+def _counted(failures: list[Row]) -> str:
     """'529 ×5', or '529 ×3, 500 ×1' in order of first appearance."""
     counts = Counter(_label(a) for a in failures)
     return ", ".join(f"{label} ×{n}" for label, n in counts.items())
 
 
-def _failures_by_model(failures: list[sqlite3.Row]) -> str:
+def _failures_by_model(failures: list[Row]) -> str:
     models = list(dict.fromkeys(a["model"] for a in failures))
     if len(models) == 1:
         return _counted(failures)
@@ -258,12 +342,13 @@ def _projects(session: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m agentguard.commands.statusline [--home PATH]`: the same line without loading
-    the whole CLI (its imports cost more than the query)."""
+    """`python -m agentguard.commands.statusline [--home PATH] [--store URL]`: the same line
+    without loading the whole CLI (its imports cost more than the query)."""
     parser = argparse.ArgumentParser(prog="agentguard statusline", description=SUMMARY)
     parser.add_argument("--home", metavar="PATH", default=None)
+    parser.add_argument("--store", metavar="URL", default=None)
     args = parser.parse_args(argv)
-    print_line(args.home)
+    print_line(args.home, args.store)
     return 0
 
 
