@@ -175,8 +175,11 @@ def open_reader(home: str | None = None, store: str | None = None) -> Reader | N
         conn = psycopg.connect(
             location, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True, row_factory=dict_row
         )
-        try:  # a locked table (a migration) must not hold the prompt either
-            conn.execute(f"set statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        try:  # read only, as SQLite's mode=ro; a locked table must not hold the prompt either
+            conn.execute(
+                f"set statement_timeout = {STATEMENT_TIMEOUT_MS}; "
+                "set default_transaction_read_only = on"
+            )
         except BaseException:
             conn.close()
             raise
