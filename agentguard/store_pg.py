@@ -39,6 +39,7 @@ from agentguard.store import StoreReads, dumps, pack
 from agentguard.store_pg_changes import Listener
 from agentguard.store_pg_setup import (
     CONNECT_TIMEOUT_S,
+    connect_options,
     describe_connect_error,
     host_port,
     lock_key,
@@ -73,6 +74,7 @@ RECONNECT_WITHIN_S = 120.0
 RECONNECT_PAUSES_S = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 T = TypeVar("T")
+_INHERITED: list[Any] = []  # pools a forked child got from its parent (see `_connections`)
 log = logging.getLogger("agentguard")
 
 
@@ -106,17 +108,38 @@ class PostgresStore(StoreReads):
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
         self._write_key, self._snapshot_columns = self._prepare()
-        self._pool = ConnectionPool(
-            url,
+        self._pid = os.getpid()
+        self._fork_lock = threading.Lock()
+        self._pool = self._open_pool()
+
+    def _open_pool(self) -> Any:
+        return ConnectionPool(
+            self._url,
             min_size=1,
             max_size=POOL_MAX,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs=connect_options(self._url),
             name="agentguard",
             open=True,
             # a connection the server dropped (a restart, pg_terminate_backend) is replaced
             # when taken from the pool, not found broken by the step's write
             check=ConnectionPool.check_connection,
         )
+
+    @property
+    def _connections(self) -> Any:
+        """This process's pool. A forked child (multiprocessing, a pre-fork server) must not
+        talk on its parent's sockets, and the pool's threads did not come along: the child
+        opens its own pool and listener, leaving the parent's connections untouched (psycopg
+        never closes a connection from a process that did not open it)."""
+        if self._pid != os.getpid():
+            with self._fork_lock:
+                if self._pid != os.getpid():
+                    _INHERITED.append(self._pool)  # never finalized here: it is the parent's
+                    self._local = threading.local()
+                    self._listener = None
+                    self._pool = self._open_pool()
+                    self._pid = os.getpid()
+        return self._pool
 
     @classmethod
     def open(cls, url: str, home: str | os.PathLike[str] | None = None) -> PostgresStore:
@@ -137,9 +160,9 @@ class PostgresStore(StoreReads):
         with self._listener_lock:
             if self._listener is None:
                 url = self._url
-                self._listener = Listener(
-                    lambda: psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-                )
+                self._connections  # noqa: B018 - a forked child drops its parent's listener
+                if self._listener is None:
+                    self._listener = Listener(lambda: psycopg.connect(url, **connect_options(url)))
             return self._listener
 
     def announce(self, channel: str, payload: str) -> None:
@@ -151,6 +174,8 @@ class PostgresStore(StoreReads):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._pid != os.getpid():
+                return  # the pool and listener are the parent's (see `_connections`)
             if self._listener is not None:
                 self._listener.close()
             self._pool.close()
@@ -209,7 +234,7 @@ class PostgresStore(StoreReads):
         while True:
             committing = False
             try:
-                with self._pool.connection(timeout=self._pool_wait(began)) as conn:
+                with self._connections.connection(timeout=self._pool_wait(began)) as conn:
                     tx = Transaction(conn)
                     self._local.tx = tx
                     try:
@@ -260,7 +285,7 @@ class PostgresStore(StoreReads):
                 yield current
             return
         try:
-            with self._pool.connection(timeout=CONNECT_TIMEOUT_S) as conn:
+            with self._connections.connection(timeout=CONNECT_TIMEOUT_S) as conn:
                 tx = Transaction(conn)
                 self._local.tx = tx
                 try:
@@ -274,8 +299,12 @@ class PostgresStore(StoreReads):
             raise StoreError(self._gone(exc, 0.0)) from None
 
     def _check_open(self) -> None:
+        """Refuse a closed handle; in a forked child, switch to connections of its own first
+        (before anyone looks at the thread's transaction: the parent's is not the child's)."""
         if self._closed:
             raise StoreError(f"This handle on {self.path} was closed; open the store again.")
+        if self._pid != os.getpid():
+            self._connections  # noqa: B018 - the property does the switch
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -456,7 +485,7 @@ class PostgresStore(StoreReads):
     def _prepare(self) -> tuple[int, list[str]]:
         """Connect once, migrate under an advisory lock, and learn the per-schema lock keys."""
         try:
-            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            conn = psycopg.connect(self._url, **connect_options(self._url))
         except psycopg.OperationalError as exc:
             raise StoreError(describe_connect_error(self.path, exc, self._url)) from None
         try:

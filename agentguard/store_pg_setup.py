@@ -14,6 +14,7 @@ from agentguard.migrations_pg import KNOWN, MIGRATIONS
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import PoolTimeout
 except ImportError:  # pragma: no cover - exercised only without the extra
     psycopg = None  # type: ignore[assignment]
@@ -26,6 +27,16 @@ MIGRATIONS_TABLE = "agentguard_migrations"
 # (connection exceptions), admin shutdown (pg_terminate_backend, a fast or smart restart),
 # crash shutdown, and "the database system is starting up".
 LOST_STATES = ("57P01", "57P02", "57P03")
+
+
+def connect_options(url: str) -> dict[str, Any]:
+    """psycopg.connect options for every store connection: autocommit, a bounded connect
+    wait, and `application_name` "agentguard" (what an operator sees in pg_stat_activity)
+    unless the URL names one."""
+    options: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S}
+    if "application_name" not in conninfo_to_dict(url):
+        options["application_name"] = "agentguard"
+    return options
 
 
 def masked(url: str) -> str:

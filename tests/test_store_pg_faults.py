@@ -10,6 +10,7 @@ must go on on a new connection, and nothing may be lost or written twice.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -299,6 +300,57 @@ def test_a_server_away_past_reconnect_within_is_one_sentence(
             if time.monotonic() > deadline:
                 raise
     assert _admin(postgres_schema_url, "select status from runs") == [("ok",)]
+
+
+# -- a forked child --------------------------------------------------------------------------------
+
+
+def test_a_forked_child_writes_on_connections_of_its_own(
+    opened: Callable[..., PostgresStore], postgres_schema_url: str
+) -> None:
+    """Forked inside the parent's open transaction, the child's step is its own commit (seen
+    at once by another connection), not a write into the parent's transaction over the
+    parent's socket; and the parent's transaction and store carry on."""
+    store = opened()
+    _new_run(store)
+    _new_run(store, "run-child")
+    with store.write() as db:
+        db.conn.execute("update runs set status = 'parent' where id = ?", [RUN])
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never raise past here
+            code = 2
+            try:
+                step = {**_step(9), "run_id": "run-child"}
+                store.begin_step(step, [], None)
+                seen = _admin(postgres_schema_url, "select count(*) from steps")
+                code = 0 if seen == [(1,)] else 1
+                store.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    store.begin_step(_step(3), [], None)
+    assert _admin(postgres_schema_url, "select id, status from runs order by id") == [
+        ("run-child", "running"),
+        (RUN, "parent"),
+    ]
+    assert _admin(postgres_schema_url, "select run_id, number from steps order by id") == [
+        ("run-child", 1),
+        (RUN, 1),
+    ]
+
+
+def test_store_connections_name_themselves_to_the_server(
+    opened: Callable[..., PostgresStore], postgres_schema_url: str
+) -> None:
+    """An operator looking at pg_stat_activity sees which connections are agentguard's."""
+    store = opened()
+    _new_run(store)
+    names = _admin(
+        postgres_schema_url,
+        "select count(*) from pg_stat_activity where application_name = 'agentguard'",
+    )
+    assert names[0][0] >= 1
 
 
 # -- a whole guarded run ---------------------------------------------------------------------
