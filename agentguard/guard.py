@@ -95,6 +95,10 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         if policy is None and previous is not None and previous["policy"]:
             policy = json.loads(previous["policy"])
         self.policy = resolve_policy(policy)
+        if store is None and hasattr(self.store, "reconnect_within"):
+            # a PostgreSQL store this guard opened waits for a restarting server as long as
+            # one of its steps may take, not longer
+            self.store.reconnect_within = self.policy.step_deadline
         self.chain = list(chain)
         self.on_substitution = on_substitution
         self.clock: Clock = clock or SystemClock()

@@ -365,7 +365,9 @@ def test_a_guarded_run_goes_on_when_its_backend_is_killed_mid_step(
     """The server kills the agent's backend while it writes the second step's attempt: the
     step goes on, and the run has two steps and two attempts, none twice."""
     monkeypatch.setenv("AGENTGUARD_STORE", postgres_schema_url)
-    client = guarded()
+    client = guarded(policy="public_chat")
+    # its store waits for a lost server as long as one of its steps may take
+    assert client.agentguard.store.reconnect_within == 30.0
     client.messages.create(model="claude-opus-4-7", max_tokens=16, messages=[user("one")])
     _kill_once_on(postgres_schema_url, "attempts")
     client.messages.create(model="claude-opus-4-7", max_tokens=16, messages=[user("two")])
