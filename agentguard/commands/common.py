@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,7 +35,14 @@ from agentguard.restoring import (  # noqa: F401 - the commands' shared helpers 
 )
 from agentguard.resuming import mark_interrupted
 from agentguard.store import Store, open_store
-from agentguard.store_choice import choose_store, configured_store
+from agentguard.store_choice import (
+    LOCAL,
+    STORE_ENV,
+    choose_store,
+    configured_store,
+    store_location,
+    store_problem,
+)
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -94,6 +102,11 @@ class Context:
         of the current folder (read only when needed). A bad value is one sentence."""
         return choose_store(self.store_flag, configured_store)
 
+    def store_env(self) -> dict[str, str]:
+        """{$AGENTGUARD_STORE: the chosen store} when --store or the config file chose it, {}
+        when the environment already names it (see `store_env`)."""
+        return store_env(self.chosen_store())
+
     def store(self) -> Store:
         """The store, with runs whose process died already marked `interrupted`."""
         if self._store is None:
@@ -111,6 +124,24 @@ class Context:
         text = json.dumps(json_times(doc), indent=2, ensure_ascii=False, default=str)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+
+def store_env(chosen: str | None) -> dict[str, str]:
+    """$AGENTGUARD_STORE as a process started now must see it to open the store `chosen`
+    ("" the local file, else a URL; None: nothing chosen) — {} when the environment already
+    says so, else the one variable (a child of `agentguard run`, a snippet to paste)."""
+    inherited = os.environ.get(STORE_ENV)
+    if chosen is None:
+        return {}
+    if inherited is None and not chosen:
+        return {}
+    if (
+        inherited is not None
+        and store_problem(inherited) is None
+        and store_location(inherited, STORE_ENV) == chosen
+    ):
+        return {}
+    return {STORE_ENV: chosen or LOCAL}
 
 
 def make_console(file: Any) -> Console:

@@ -36,6 +36,7 @@ from agentguard.restoring import moved_before_rewind
 from agentguard.resuming import ResumedRun, _last_consistent, due_runs, ensure_not_live, resume
 from agentguard.snapshots import ShadowRepo
 from agentguard.store import Store
+from agentguard.store_choice import STORE_ENV, is_postgres
 
 NAME = "resume"
 SUMMARY = "Resume a run from its last checkpoint, or every queued run that is due (--due)."
@@ -120,7 +121,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             allow_moved=True,  # asked above
             snapshot_remote=args.snapshot_remote,
         )
-    doc = _as_json(resumed, ctx.home, project)
+    doc = _as_json(resumed, ctx.home, project, _store_note(ctx, store))
     if ctx.as_json:
         ctx.print_json(doc)
     else:
@@ -219,7 +220,7 @@ def _due(ctx: Context, store: Store, args: argparse.Namespace) -> int:
         except AgentGuardError as exc:
             failed.append({"run_id": row["id"], "name": row["name"], "error": str(exc)})
             continue
-        doc = _as_json(result, ctx.home, None)
+        doc = _as_json(result, ctx.home, None, _store_note(ctx, store))
         if args.restore and not restore:
             doc["note"] = (
                 f"tree not restored: run {restored_folders[folder]} of the same folder was "
@@ -240,7 +241,20 @@ def _due(ctx: Context, store: Store, args: argparse.Namespace) -> int:
 # -- output ----------------------------------------------------------------------------------
 
 
-def _as_json(resumed: ResumedRun, home: str | None, project: Path | None) -> dict[str, Any]:
+def _store_note(ctx: Context, store: Store) -> str | None:
+    """The snippet's `agentguard.resume()` opens the store $AGENTGUARD_STORE names: when --store
+    or the config file chose another, a first line saying which (its password left out)."""
+    needed = ctx.store_env()
+    if not needed:
+        return None
+    if is_postgres(ctx.chosen_store()):
+        return f"# this run is in {store.path}: set ${STORE_ENV} to that store's URL first"
+    return f"# this run is in this machine's SQLite store: set {STORE_ENV}=sqlite first"
+
+
+def _as_json(
+    resumed: ResumedRun, home: str | None, project: Path | None, store_note: str | None = None
+) -> dict[str, Any]:
     last = resumed.messages[-1] if resumed.messages else None
     restored = resumed.restored
     return {
@@ -265,7 +279,7 @@ def _as_json(resumed: ResumedRun, home: str | None, project: Path | None) -> dic
         "changes": (
             [{"status": c.status, "path": c.path} for c in restored.changes] if restored else []
         ),
-        "snippet": snippet(resumed, home, project),
+        "snippet": (store_note + "\n" if store_note else "") + snippet(resumed, home, project),
     }
 
 
