@@ -117,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[shared],
         )
         module.add_arguments(sub)
-        if module in STORE_COMMANDS:
-            add_store_option(sub)
+        if module in STORE_COMMANDS:  # the proxy reads its --project's config, as for chain
+            add_store_option(
+                sub, config="the --project's config" if module in (proxy, run) else None
+            )
         sub.set_defaults(handler=module.run)
     return parser
 

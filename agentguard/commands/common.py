@@ -342,13 +342,15 @@ def grid(cols: Sequence[Col], rows: Sequence[Sequence[Text]], width: int) -> Tab
     return out
 
 
-def add_store_option(parser: argparse.ArgumentParser) -> None:
-    """--store, on every command that opens the store (read back as `Context.store_flag`)."""
+def add_store_option(parser: argparse.ArgumentParser, *, config: str | None = None) -> None:
+    """--store, on every command that opens the store (read back as `Context.store_flag`);
+    `config` names the config file whose `store` is the last resort."""
     parser.add_argument(
         "--store",
         metavar="URL",
         help='the store: a postgresql:// URL (a fleet\'s shared store) or "sqlite" (the file '
-        "under --home); default $AGENTGUARD_STORE, else `store` in ./agentguard.toml",
+        f"under --home); default $AGENTGUARD_STORE, else `store` in "
+        f"{config or './agentguard.toml'}",
     )
 
 
