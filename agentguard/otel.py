@@ -5,13 +5,16 @@ One span per step, named and attributed after the OpenTelemetry GenAI semantic c
 the step's outcome is final, from what the step holds in memory (its rows may be written later:
 `Guard.step(defer_record=)`), with explicit start and end times: the attempts, retries and
 backoffs themselves never touch OpenTelemetry. A stream the proxy passes on live is emitted
-when it ends (`complete_stream`), when its tokens and stop reason are known. Without
+when it ends (`complete_stream`), when its tokens and stop reason are known — or, if the run is
+closed first (`Guard.close`, also at process exit), then, as an error saying the stream's end
+was never seen (`stream_abandoned`), so no started step goes untraced. Without
 `opentelemetry-api`, or with no TracerProvider configured (the API alone is a no-op), nothing
 is emitted; emitting never fails a step (a failure is logged at debug).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,14 @@ log = logging.getLogger("agentguard")
 # gen_ai.provider.name: the conventions' well-known value where agentguard's provider name
 # differs from it; every other name is passed on as it is (the conventions allow custom ones).
 PROVIDER_NAMES = {"gemini": "gcp.gemini"}
+
+
+# error.type of a stream whose run closed before the stream ended (see `StepTracer.close`).
+ABANDONED = "stream_abandoned"
+_ABANDONED_WHY = (
+    "the run was closed while this step's stream was still being passed on; how it ended, its "
+    "tokens and its stop reason were never seen"
+)
 
 
 def provider_name(provider: str) -> str:
@@ -54,6 +65,7 @@ class StepTracer:
         self.clock = clock
         self._tracer = _tracer(tracer_provider)
         self._live: dict[int, _StepSpan] = {}  # streams passed on live, until they end
+        self._closed = False  # the run closed: nothing is parked any more (see `close`)
 
     # -- the endings of a step ---------------------------------------------------------------
 
@@ -80,16 +92,16 @@ class StepTracer:
             )
             if info.reason:
                 span.attributes["agentguard.substitution.reason"] = info.reason
-            response_id = getattr(served.value, "id", None)
-            if isinstance(response_id, str):
-                span.attributes["gen_ai.response.id"] = response_id
+            _response_id(span.attributes, served)
             _usage(span.attributes, served.input_tokens, served.output_tokens, served.stop_reason)
             if refused is not None:
                 why = getattr(refused, "reason", None) or str(refused)
                 span.error = ("substitution_refused", why)
             elif handed_over and state.request.stream and served.output_tokens is None:
-                self._live[state.step_id] = span  # its end, tokens and stop reason come later
-                return
+                if not self._closed:
+                    self._live[state.step_id] = span  # its end, tokens and stop reason come later
+                    return
+                span.error = (ABANDONED, _ABANDONED_WHY)
             self._emit(span)
         except Exception:
             log.debug("agentguard: emitting the step's span failed", exc_info=True)
@@ -103,12 +115,28 @@ class StepTracer:
             return
         try:
             if final is not None:
+                _response_id(span.attributes, final)
                 _usage(span.attributes, final.input_tokens, final.output_tokens, final.stop_reason)
             if status != "ok":
                 span.error = (f"stream_{status}", reason or status)
             self._emit(span)
         except Exception:
             log.debug("agentguard: emitting the stream's span failed", exc_info=True)
+
+    def close(self) -> None:
+        """The run is closing: a stream still being passed on will not be traced by its end
+        (`stream_ended` finds nothing), so its span ends now — an error, `stream_abandoned`,
+        since how the stream ended, its tokens and its stop reason were never seen."""
+        self._closed = True
+        for step_id in list(self._live):
+            span = self._live.pop(step_id, None)  # one pop: the stream's own end may race us
+            if span is None:
+                continue
+            try:
+                span.error = (ABANDONED, _ABANDONED_WHY)
+                self._emit(span)
+            except Exception:
+                log.debug("agentguard: emitting the stream's span failed", exc_info=True)
 
     def failed(self, state: StepState, exc: BaseException) -> None:
         """No route served (or the request was rejected): the step span is an error."""
@@ -202,6 +230,20 @@ def _attempt_attributes(attempt: AttemptRecord) -> dict[str, Any]:
     if attempt.slept_before:
         attributes["agentguard.attempt.slept_before_s"] = attempt.slept_before
     return attributes
+
+
+def _response_id(attributes: dict[str, Any], served: Served) -> None:
+    """gen_ai.response.id: the SDK object's `id`, or (the proxy passes the provider's bytes on)
+    the `id` of the response's JSON as recorded."""
+    response_id = getattr(served.value, "id", None)
+    if not isinstance(response_id, str) and served.response_json:
+        try:
+            body = json.loads(served.response_json)
+        except ValueError:
+            body = None
+        response_id = body.get("id") if isinstance(body, dict) else None
+    if isinstance(response_id, str) and response_id:
+        attributes["gen_ai.response.id"] = response_id
 
 
 def _usage(

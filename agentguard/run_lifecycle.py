@@ -13,6 +13,7 @@ from typing import Any
 from agentguard import process_end
 from agentguard.clock import Clock
 from agentguard.conversation import Head
+from agentguard.otel import StepTracer
 from agentguard.plan import StepPlan, drive, no_calls
 from agentguard.process_end import describe as describe_exception
 from agentguard.resuming import claim_run
@@ -37,6 +38,7 @@ class RunLifecycle:
     _pusher: Any  # shadow.remote.Pusher | None
     join_checkpoint: Callable[[int], StepPlan]  # Guard.join_checkpoint
     event: Callable[..., None]  # StepRecording.event
+    tracing: StepTracer  # OpenTelemetry: spans of streams still being passed on end at close
 
     def _previous_run(self, run_id: str) -> dict[str, Any]:
         """The run to continue, taken over once no other live process drives it (else
@@ -66,6 +68,7 @@ class RunLifecycle:
             self.record_handed_over(step_id)
         for step_id in list(self._deferred):  # a stream's snapshot still running: record it
             drive(self.join_checkpoint(step_id), no_calls, self.clock)
+        self.tracing.close()  # a stream still being passed on: its span ends, saying so
         self._executor.shutdown(wait=True)
         if self._pusher is not None:  # the last checkpoints reach the remote before the end
             self._pusher.close()

@@ -1,7 +1,8 @@
 """OpenTelemetry spans of guarded steps, through the real anthropic SDK against the fake provider.
 
-Each test hands `wrap` its own TracerProvider with an in-memory exporter; the proxy, which
-builds its Guards itself, emits to the global provider (set once for the session).
+Each test hands `wrap` (or the proxy, `ProxyOptions.tracer_provider`) its own TracerProvider
+with an in-memory exporter; one proxy test emits to the global provider (set once for the
+session), the proxy's default.
 """
 
 from __future__ import annotations
@@ -322,7 +323,88 @@ def test_a_stream_passed_on_live_by_the_proxy_is_traced_when_it_ends(
     assert step.attributes["gen_ai.usage.input_tokens"] == events[0].message.usage.input_tokens
     assert step.attributes["gen_ai.response.finish_reasons"] == ("end_turn",)
     assert step.attributes["gen_ai.response.model"] == OPUS
+    assert step.attributes["gen_ai.response.id"] == events[0].message.id
     assert step.attributes["agentguard.substituted"] is False
     assert [a.attributes["http.response.status_code"] for a in attempts] == [529, 200]
     assert resend_counts(attempts) == [None, 1]
     assert step.status.status_code is StatusCode.UNSET
+
+
+# -- the proxy with a TracerProvider of its own (ProxyOptions.tracer_provider) ---------------
+
+
+@pytest.fixture
+def proxy_traced(
+    start_proxy: Callable[..., Any], exporter: InMemorySpanExporter
+) -> Callable[..., Any]:
+    """Factory: a proxy whose runs' steps go to this test's own TracerProvider."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return lambda **options: start_proxy(tracer_provider=provider, **options)
+
+
+def test_a_request_through_the_proxy_is_a_genai_span_on_the_proxys_provider(
+    proxy_traced, exporter, fake
+) -> None:
+    fake.script(overloaded())
+    proxy = proxy_traced()
+    message = ask(anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, max_retries=0))
+    step, attempts = the_step(exporter)
+    assert (step.name, step.kind) == (f"chat {OPUS}", SpanKind.CLIENT)
+    attributes = dict(step.attributes)
+    run_id = attributes.pop("gen_ai.conversation.id")
+    assert attributes == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "anthropic",
+        "gen_ai.request.model": OPUS,
+        "gen_ai.response.model": OPUS,
+        "gen_ai.response.id": message.id,
+        "gen_ai.usage.input_tokens": message.usage.input_tokens,
+        "gen_ai.usage.output_tokens": message.usage.output_tokens,
+        "gen_ai.response.finish_reasons": ("end_turn",),
+        "agentguard.step": 1,
+        "agentguard.substituted": False,
+    }
+    [session] = proxy.server.sessions._sessions.values()
+    assert run_id == session.guard.run_id
+    assert [a.attributes["http.response.status_code"] for a in attempts] == [529, 200]
+    assert resend_counts(attempts) == [None, 1]
+    assert step.status.status_code is StatusCode.UNSET
+
+
+def test_a_stream_still_passed_on_when_its_run_closes_ends_its_span_as_abandoned(
+    proxy_traced, exporter, fake
+) -> None:
+    """The run closes (the proxy's session closed, the process ending) while a stream is
+    still being passed on: its step span is ended then, as an error saying its end was never
+    seen, and the stream's own later end does not emit a second one."""
+    import httpx2 as httpx
+
+    fake.script(stall(after_events=4))
+    proxy = proxy_traced()
+    body = {"model": OPUS, "max_tokens": 64, "messages": [user("hi")], "stream": True}
+    headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{proxy.url}/v1/messages", json=body, headers=headers) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("event: message_start")  # served: its span is parked
+        assert [s for s in exporter.get_finished_spans() if s.parent is None] == []
+        [session] = proxy.server.sessions._sessions.values()
+
+        async def close() -> None:  # on the proxy's loop: the stream's handler waits meanwhile
+            session.guard.close()
+
+        asyncio.run_coroutine_threadsafe(close(), proxy._loop).result(timeout=30)
+
+        step, [attempt] = the_step(exporter)
+        assert step.status.status_code is StatusCode.ERROR
+        assert step.attributes["error.type"] == "stream_abandoned"
+        assert "never seen" in (step.status.description or "")
+        assert step.attributes["gen_ai.response.model"] == OPUS
+        assert "gen_ai.usage.output_tokens" not in step.attributes
+        assert attempt.attributes["http.response.status_code"] == 200
+        assert step.start_time <= attempt.start_time <= attempt.end_time <= step.end_time
+
+        fake.release_stalls()  # the stream now ends (broken off upstream) and is recorded
+        rest = list(lines)
+    assert rest  # the proxy passed on how it ended
+    assert len(the_step(exporter)[1]) == 1  # still the one step span: not emitted twice

@@ -49,6 +49,7 @@ class ProxyOptions:
     secret_files: Sequence[str] | None = None
     clock: Clock | None = None
     rng: random.Random | None = None
+    tracer_provider: Any = None  # OpenTelemetry's, for every run's steps; None: the global one
     hold: float | None = None  # seconds a request may be held; None: the policy's (hold_for)
     hold_non_streaming: float = HOLD_NON_STREAMING
     ping_interval: float = PING_INTERVAL
@@ -76,6 +77,7 @@ class ProxyOptions:
         snapshots: bool | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        tracer_provider: Any = None,
         hold: float | None = None,
         hold_non_streaming: float = HOLD_NON_STREAMING,
         ping_interval: float = PING_INTERVAL,
@@ -119,6 +121,7 @@ class ProxyOptions:
             secret_files=settings.secret_files,
             clock=clock,
             rng=rng,
+            tracer_provider=tracer_provider,
             hold=hold,
             hold_non_streaming=hold_non_streaming,
             ping_interval=ping_interval,

@@ -163,6 +163,7 @@ class Sessions:
             home=o.home,
             clock=o.clock,
             rng=o.rng,
+            tracer_provider=o.tracer_provider,
             snapshots=o.snapshots,
             max_file_bytes=o.max_file_bytes,
             secret_files=o.secret_files,
