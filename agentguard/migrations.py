@@ -207,3 +207,11 @@ def m006_user_git_state(db: Database) -> None:
     for name, kind in (("git_branch", str), ("git_head", str), ("git_dirty", int)):
         if name not in columns:
             db["snapshots"].add_column(name, kind)
+
+
+@migration
+def m007_change_notifications(db: Database) -> None:
+    # On PostgreSQL this migration adds triggers that NOTIFY each commit to the run log (see
+    # agentguard.migrations_pg). SQLite needs none: `PRAGMA data_version` tells a reader when
+    # another connection committed. Kept so both engines record the same history by name.
+    del db

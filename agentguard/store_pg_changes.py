@@ -6,6 +6,11 @@ every agent on every machine querying the server 20 times a second. Instead a wr
 changes a route's health NOTIFYs (in its transaction: delivered on commit), and each process
 keeps one LISTEN connection whose counter the waits watch in memory (`clock.Changes`); they
 query the store only when it moves.
+
+The run log announces itself the same way: triggers (migration m007) NOTIFY `CHANGES_CHANNEL`
+from every transaction that writes runs, steps, attempts, events or snapshots while a watcher
+is connected, with the schema's name as payload, so `agentguard watch` follows every machine's
+agents by listening instead of querying the server every half second.
 """
 
 from __future__ import annotations
@@ -19,13 +24,32 @@ log = logging.getLogger("agentguard")
 ROUTES_CHANNEL = "agentguard_routes"
 RECONNECT_S = 1.0
 
+# The run log's channel, and the name prefix of a watcher's LISTEN connection ("agentguard
+# watch SCHEMA"): writers notify only while a watcher of their schema is connected (NOTIFY
+# serialises commits, not worth it when nobody listens). Both are written into migration m007's
+# trigger: changing either needs a new migration.
+CHANGES_CHANNEL = "agentguard_changes"
+WATCHER_APPLICATION = "agentguard watch"
+
+
+def watcher_application(schema: str) -> str:
+    """The application_name of a watcher of `schema`, cut as PostgreSQL keeps it (63 bytes;
+    m007's trigger cuts to 63 characters, the same for the ASCII names schemas have)."""
+    return f"{WATCHER_APPLICATION} {schema}"[:63]
+
 
 class Listener:
     """One LISTEN connection per store handle, on a daemon thread; `mark()` counts what it
-    heard (and each reconnection, after which anything may have changed)."""
+    heard (and each reconnection, after which anything may have changed).
 
-    def __init__(self, connect: Any, channel: str = ROUTES_CHANNEL) -> None:
-        self._connect, self._channel = connect, channel
+    With `payload`, only notifications carrying it count: a channel is database-wide, and
+    stores in other schemas of the same database (another team's, a test's) announce on it
+    too."""
+
+    def __init__(
+        self, connect: Any, channel: str = ROUTES_CHANNEL, payload: str | None = None
+    ) -> None:
+        self._connect, self._channel, self._payload = connect, channel, payload
         self._count = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -53,8 +77,9 @@ class Listener:
                     self._heard()  # (re)connected: whatever happened meanwhile is unknown
                     self._ready.set()
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            self._heard()
+                        for notify in conn.notifies(timeout=1.0):
+                            if self._payload is None or notify.payload == self._payload:
+                                self._heard()
             except Exception as exc:  # the server restarted, the network dropped: reconnect
                 log.debug("agentguard: LISTEN %s lost (%s); reconnecting", self._channel, exc)
                 self._ready.set()

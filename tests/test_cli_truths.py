@@ -83,7 +83,7 @@ class FakeApp:
     opened: list[str | None] = []
     return_code = 0
 
-    def __init__(self, db: Any, *, open_run: str | None = None) -> None:
+    def __init__(self, db: Any, *, home: Any = None, open_run: str | None = None) -> None:
         FakeApp.opened.append(open_run)
 
     def run(self) -> None:

@@ -127,14 +127,6 @@ def test_two_takers_of_one_run_one_wins(engine: Engine, project: Path) -> None:
     assert results == ["busy", "won"]
 
 
-def test_watch_says_it_does_not_read_postgresql_yet(fleet_store: str, capsys: Any) -> None:
-    capsys.readouterr()
-    assert main(["watch"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("agentguard: agentguard watch does not read a PostgreSQL store yet")
-    assert err.count("\n") == 1
-
-
 class _Counter:
     def __init__(self) -> None:
         self.count = 0

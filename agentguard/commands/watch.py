@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from agentguard.commands.common import Context, Refused
-from agentguard.store import STORE_ENV
+from agentguard.commands.common import Context
 
 NAME = "watch"
 SUMMARY = "Watch every run, attempt, retry and substitution live in a terminal UI."
 EPILOG = """\
 keys: enter open · esc back · d diff · r restore · m metrics · f follow · q quit
+
+With $AGENTGUARD_STORE set to a postgresql:// URL it watches the fleet's shared store: every
+machine's runs, each with its host, followed live as the server announces each commit.
 
 examples:
   agentguard watch
@@ -28,10 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     from agentguard.tui.watch import run as watch
 
-    if args.db is None and os.environ.get(STORE_ENV, "").startswith(("postgres://", "postgresql")):
-        raise Refused(  # said, rather than showing this machine's empty SQLite file
-            f"agentguard watch does not read a PostgreSQL store yet (${STORE_ENV}); use "
-            "`agentguard runs`, `show` and `stats`, or unset it to watch this machine's store."
-        )
-
-    return watch(db=args.db, home=ctx.home, run_id=args.run)
+    # --store (or the config file's `store`), where the CLI knows it; else $AGENTGUARD_STORE
+    chosen = getattr(ctx, "chosen_store", None)
+    store = chosen() if args.db is None and chosen is not None else None
+    return watch(db=args.db, home=ctx.home, run_id=args.run, store=store)

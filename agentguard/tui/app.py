@@ -1,10 +1,12 @@
 """The watch app: a live view over a store that other processes write.
 
 One read-only view of the store; one poll worker at a time. Each poll reads the store's
-version (it changes only when something was committed) and, when it changed — or when the view
-asked for fresh data, or every `tick_interval` so ages and dead processes show — loads what
-the open screens need and posts it. The next poll is armed only when the last one finished,
-so polls never overlap. Handlers on the UI thread own every widget update.
+version (it changes only when something was committed: SQLite's data_version, or on PostgreSQL
+the count of change announcements heard over LISTEN, so an idle poll asks the server nothing)
+and, when it changed — or when the view asked for fresh data, or every `tick_interval` so ages
+and dead processes show — loads what the open screens need and posts it. The next poll is
+armed only when the last one finished, so polls never overlap. Handlers on the UI thread own
+every widget update.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
 
-from agentguard.tui.data import MetricsView, RunDetail, RunsPage, StoreReader
+from agentguard.tui.data import MetricsView, Reader, RunDetail, RunsPage, open_reader
 from agentguard.tui.messages import (
     LoadFailed,
     MetricsLoaded,
@@ -71,6 +73,7 @@ class WatchApp(App[int]):
         self,
         db: str | Path,
         *,
+        home: str | Path | None = None,
         clock: Callable[[], float] = time.time,
         tz: tzinfo | None = None,
         poll_interval: float = POLL_INTERVAL_S,
@@ -82,7 +85,8 @@ class WatchApp(App[int]):
     ) -> None:
         super().__init__()
         self._open_first = open_run
-        self.reader = StoreReader(db)
+        # a SQLite file, or a postgresql:// URL (`home`: where this machine's checkpoints are)
+        self.reader: Reader = open_reader(db, home=home)
         self.clock = clock
         self.tz = tz
         self.poll_interval = poll_interval

@@ -1,10 +1,17 @@
 """Read-only queries over the store, returning plain dataclasses (no widgets, no Textual).
 
-The watch app reads through the process's one connection to the store, with `query_only` on
-(the file is in WAL mode, so reading never blocks the agents writing to it). `PRAGMA
-data_version` changes exactly when another connection commits, and the connection's
-`total_changes` when this process commits, so polling both is how the app notices new rows. Every
-load runs inside one read transaction, so a view never mixes two moments of the store.
+Two readers, one per engine, answer the same questions (`Reader`); the app polls
+`data_version()` and reloads only when it moved. Every load runs inside one read transaction,
+so a view never mixes two moments of the store, and none of its queries can write.
+
+- SQLite (`StoreReader`): the process's one connection to the file, with `query_only` on (the
+  file is in WAL mode, so reading never blocks the agents writing to it). `PRAGMA data_version`
+  changes exactly when another connection commits, and the connection's `total_changes` when
+  this process commits.
+- PostgreSQL (`PostgresReader`, fleet mode): a connection of its own, each load a repeatable-read
+  read-only transaction. The version is the count of the store's change announcements (every
+  machine's writers NOTIFY, migration m007), heard by a LISTEN connection: an idle poll asks the
+  server nothing.
 """
 
 from __future__ import annotations
@@ -12,19 +19,26 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from agentguard.errors import StoreError
-from agentguard.home import project_key
-from agentguard.metrics import Metrics, compute
+from agentguard.home import home_dir, project_key
+from agentguard.metrics import Metrics, compute, count_where
 from agentguard.store import Store
 from agentguard.user_repo import GitState, from_row
 
+if TYPE_CHECKING:
+    from agentguard.store_pg import PostgresStore
+
 ACTIVE = ("running", "waiting")
+# Substituted steps, counted alike on both engines (PostgreSQL's sum of a bigint is numeric).
+SUBSTITUTED = count_where("substituted != 0")
 _SEP = "\x1f"
 
 
@@ -112,6 +126,7 @@ class RunDetail:
     steps: tuple[StepView, ...]
     shadow_dir: Path  # where the run's checkpoints live
     git: GitState | None = None  # the user's repository at the run's latest checkpoint
+    elsewhere: str | None = None  # the machine that ran it, when not this one (fleet mode)
 
     @property
     def substituted(self) -> tuple[StepView, ...]:
@@ -129,68 +144,63 @@ class MetricsView:
     metrics: Metrics
 
 
-class StoreReader:
-    """Read-only queries over the process's one connection to the store (see `Store`),
-    shared by the app's worker threads; every query runs with `query_only` on."""
+def is_postgres_locator(locator: str | os.PathLike[str]) -> bool:
+    return str(locator).startswith(("postgresql://", "postgres://"))
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise StoreError(
-                f"No agentguard database at {self.path}; run an agent with agentguard.wrap() "
-                "first, or pass the right file with --db."
-            )
-        self._store = Store(self.path)
-        self._conn = self._store.db.conn
-        self._lock = self._store._lock
-        self._host = socket.gethostname()
+
+def open_reader(
+    locator: str | os.PathLike[str], *, home: str | os.PathLike[str] | None = None
+) -> Reader:
+    """The reader for a SQLite file, or for a postgresql:// URL (fleet mode; `home` is this
+    machine's AGENTGUARD_HOME, where its shadow git store lives)."""
+    if is_postgres_locator(locator):
+        return PostgresReader(str(locator), home=home)
+    return StoreReader(locator)
+
+
+class Reader(ABC):
+    """What the watch app asks of a store, whichever the engine: each engine supplies the
+    primitives (a version, a read transaction, rows); the questions are asked the same way,
+    in SQL both engines read alike."""
+
+    fleet = False  # one store for many machines: each run's host is worth showing
+    _host: str  # this machine
 
     @property
+    @abstractmethod
     def home(self) -> Path:
-        return self.path.parent
+        """This machine's AGENTGUARD_HOME, where the shadow git store of its runs lives."""
 
-    def close(self) -> None:
-        self._store.close()
+    @property
+    @abstractmethod
+    def display(self) -> str:
+        """The store as messages name it (a path, or a URL without its password)."""
 
-    # -- primitives ---------------------------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None: ...
 
+    @abstractmethod
     def data_version(self) -> int:
-        """Changes whenever a commit has happened since the last call: another connection's
-        (`PRAGMA data_version`) or this process's own on the shared connection."""
-        with self._lock:
-            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
-            return (int(version) << 64) + self._conn.total_changes
+        """Changes whenever a commit has happened since the last call."""
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        with self.reading():
-            cursor = self._conn.execute(sql, params)
-            names = [d[0] for d in cursor.description or ()]
-            return [dict(zip(names, row, strict=True)) for row in cursor]
+    @abstractmethod
+    def query(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[dict[str, Any]]: ...
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Rows as sqlite3.Row (no dict per row: the runs page reads hundreds every poll)."""
-        with self.reading():
-            cursor = self._conn.cursor()
-            cursor.row_factory = sqlite3.Row
-            return cursor.execute(sql, params).fetchall()
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
+    @abstractmethod
+    def reading(self) -> AbstractContextManager[None]:
         """One read transaction: every query inside sees the same moment of the store, and
         none of them can write."""
-        with self._lock:
-            if self._conn.in_transaction:
-                yield
-                return
-            self._conn.execute("PRAGMA query_only = 1")
-            try:
-                self._conn.execute("BEGIN")
-                try:
-                    yield
-                finally:
-                    self._conn.execute("COMMIT")
-            finally:
-                self._conn.execute("PRAGMA query_only = 0")
+
+    @abstractmethod
+    def open_store(self) -> Store | PostgresStore:
+        """A writable handle on the same store, for one action (restore, accept): the app's
+        own reads never write."""
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any]:
+        """Rows that index by column name."""
+        return self.query(sql, params)
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -216,7 +226,7 @@ class StoreReader:
             counts = {
                 r["run_id"]: r
                 for r in self._rows(
-                    f"""select run_id, count(*) as steps, coalesce(sum(substituted), 0) as subs,
+                    f"""select run_id, count(*) as steps, {SUBSTITUTED} as subs,
                                (select s2.requested_model from steps s2
                                 where s2.run_id = s.run_id order by s2.number limit 1) as first
                         from steps s where run_id in ({picked}) group by run_id""",
@@ -341,7 +351,9 @@ class StoreReader:
             for s in steps
         )
         shadow = self.home / "shadow" / project_key(Path(run["project"] or "."))
-        return RunDetail(summary, views, shadow, git=self._git_state(run_id))
+        host = run["hostname"]
+        elsewhere = host if self.fleet and host and host != self._host else None
+        return RunDetail(summary, views, shadow, git=self._git_state(run_id), elsewhere=elsewhere)
 
     def _git_state(self, run_id: str) -> GitState | None:
         rows = self.query(
@@ -358,6 +370,211 @@ class StoreReader:
         with self.reading():
             figures = compute(cast(Store, self), since=since, until=until)
         return MetricsView(window, figures)
+
+
+class StoreReader(Reader):
+    """Read-only queries over the process's one connection to the store (see `Store`),
+    shared by the app's worker threads; every query runs with `query_only` on."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(
+                f"No agentguard database at {self.path}; run an agent with agentguard.wrap() "
+                "first, or pass the right file with --db."
+            )
+        self._store = Store(self.path)
+        self._conn = self._store.db.conn
+        self._lock = self._store._lock
+        self._host = socket.gethostname()
+
+    @property
+    def home(self) -> Path:
+        return self.path.parent
+
+    @property
+    def display(self) -> str:
+        return str(self.path)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def open_store(self) -> Store:
+        """It shares the process's one connection to the file (see `Store`)."""
+        return Store(self.path)
+
+    # -- primitives ---------------------------------------------------------------------------
+
+    def data_version(self) -> int:
+        """Changes whenever a commit has happened since the last call: another connection's
+        (`PRAGMA data_version`) or this process's own on the shared connection."""
+        with self._lock:
+            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            return (int(version) << 64) + self._conn.total_changes
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        with self.reading():
+            cursor = self._conn.execute(sql, params)
+            names = [d[0] for d in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows as sqlite3.Row (no dict per row: the runs page reads hundreds every poll)."""
+        with self.reading():
+            cursor = self._conn.cursor()
+            cursor.row_factory = sqlite3.Row
+            return cursor.execute(sql, params).fetchall()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the same moment of the store, and
+        none of them can write."""
+        with self._lock:
+            if self._conn.in_transaction:
+                yield
+                return
+            self._conn.execute("PRAGMA query_only = 1")
+            try:
+                self._conn.execute("BEGIN")
+                try:
+                    yield
+                finally:
+                    self._conn.execute("COMMIT")
+            finally:
+                self._conn.execute("PRAGMA query_only = 0")
+
+
+class PostgresReader(Reader):
+    """Read-only queries over a connection of its own to the fleet's PostgreSQL store, shared
+    by the app's worker threads (one at a time); each load is one repeatable-read, read-only
+    transaction. Its version is the count of the store's change announcements, so an idle
+    poll costs the server nothing."""
+
+    fleet = True
+
+    def __init__(self, url: str, *, home: str | os.PathLike[str] | None = None) -> None:
+        from agentguard.store_pg import masked, psycopg
+        from agentguard.store_pg_changes import CHANGES_CHANNEL, Listener
+
+        if psycopg is None:
+            raise StoreError(
+                "AGENTGUARD_STORE names a PostgreSQL server but psycopg is not installed; "
+                "install agentguard[postgres] (pip install 'agentguard[postgres]')."
+            )
+        self.url = url
+        self.path = masked(url)
+        self._home = home_dir(home)
+        self._host = socket.gethostname()
+        self._lock = threading.RLock()
+        self._conn: Any = None
+        self._in_transaction = False
+        with self._errors():
+            (schema,) = self._connection().execute("select current_schema()").fetchone()
+        self._schema = schema
+        # Started before the first load, so nothing committed after that load goes unheard.
+        self._changes = Listener(self._listen, CHANGES_CHANNEL, payload=schema)
+
+    @property
+    def home(self) -> Path:
+        return self._home
+
+    @property
+    def display(self) -> str:
+        return self.path
+
+    def close(self) -> None:
+        self._changes.close()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+
+    def open_store(self) -> PostgresStore:
+        from agentguard.store_pg import PostgresStore
+
+        return PostgresStore(self.url, self._home)
+
+    # -- primitives ---------------------------------------------------------------------------
+
+    def data_version(self) -> int:
+        """The announcements heard so far: every commit to the run log, from any machine
+        (this process's own included), and each reconnection of the listener."""
+        return self._changes.mark()
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        from psycopg.rows import dict_row
+
+        from agentguard.store_pg import translate
+
+        text, values = translate(sql, params)
+        with self.reading(), self._errors(), self._conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(text, values)
+            return cur.fetchall() if cur.description else []
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._lock:
+            if self._in_transaction:
+                yield
+                return
+            with self._errors(), ExitStack() as stack:
+                self._begin(stack)
+                self._in_transaction = True
+                try:
+                    yield
+                finally:
+                    self._in_transaction = False
+
+    def _begin(self, stack: ExitStack) -> None:
+        """BEGIN REPEATABLE READ, READ ONLY (ended with `stack`), on a new connection if the
+        server dropped the idle one since the last load (a restart, an idle timeout): such a
+        drop costs no failed poll."""
+        from agentguard.store_pg import psycopg
+
+        try:
+            stack.enter_context(self._connection().transaction())
+        except psycopg.OperationalError:
+            if self._conn is None or not self._conn.broken:
+                raise
+            stack.enter_context(self._connection().transaction())
+
+    def _connection(self) -> Any:
+        """The reading connection, made again if the server dropped it (a restart)."""
+        from agentguard.store_pg import CONNECT_TIMEOUT_S, psycopg
+
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            self._conn = conn
+        return self._conn
+
+    def _listen(self) -> Any:
+        """The listener's connection, named so that the schema's writers know someone is
+        watching (they announce only then, see migration m007)."""
+        from agentguard.store_pg import CONNECT_TIMEOUT_S, psycopg
+        from agentguard.store_pg_changes import watcher_application
+
+        return psycopg.connect(
+            self.url,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name=watcher_application(self._schema),
+        )
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A lost or refused connection as one sentence; errors of the SQL itself pass."""
+        from agentguard.store_pg import describe_connect_error, psycopg
+
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if self._conn is not None and not self._conn.broken and not self._conn.closed:
+                raise
+            raise StoreError(describe_connect_error(self.path, exc, self.url)) from None
 
 
 def _settled(status: str | None, interrupted: bool) -> str | None:

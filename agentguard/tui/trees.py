@@ -35,7 +35,17 @@ def repo_for(detail: RunDetail) -> ShadowRepo:
 
 
 def checkpoint_problem(detail: RunDetail, step: StepView) -> str | None:
-    """Why a step's checkpoint cannot be diffed or restored, in one sentence (None: it can)."""
+    """Why a step's checkpoint cannot be diffed or restored, in one sentence (None: it can).
+
+    A run of another machine (fleet mode) is refused first: its checkpoints are in that
+    machine's shadow store and its project folder is a path there, so nothing here is its."""
+    if detail.elsewhere is not None:
+        run = detail.run.id
+        return (
+            f"Run {run} ran on {detail.elsewhere}: its checkpoints are in that machine's shadow "
+            f"store, so diff or restore it there (or resume it here with `agentguard resume "
+            f"{run} --project DIR`, which fetches them from its snapshot_remote)."
+        )
     if not step.checkpoint:
         return (
             f"Step {step.number} has no checkpoint (snapshots were off, failed, or the step "

@@ -1,4 +1,8 @@
-"""Entry point of `agentguard watch [--db PATH] [--run RUN]`. Imports Textual only when called."""
+"""Entry point of `agentguard watch [--db PATH] [--run RUN]`. Imports Textual only when called.
+
+It watches the SQLite file under AGENTGUARD_HOME (or the one --db names), or — when the store
+chosen is a postgresql:// URL — the fleet's shared store, every machine's runs at once.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,61 @@ import gc
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from agentguard.errors import AgentGuardError, StoreError
 from agentguard.home import home_dir
 from agentguard.resuming import mark_interrupted
-from agentguard.store import DB_NAME, Store
+from agentguard.store import DB_NAME, STORE_ENV, Store, open_store
+from agentguard.tui.data import is_postgres_locator
+
+# What watch reads: a SQLite file, or a postgresql:// URL (fleet mode).
+Locator = Path | str
 
 
 def database_path(db: str | os.PathLike[str] | None, home: str | os.PathLike[str] | None) -> Path:
     return Path(db).expanduser() if db is not None else home_dir(home) / DB_NAME
 
 
-def prepare(path: Path, *, explicit: bool, run_id: str | None = None) -> str | None:
+def locate(
+    db: str | os.PathLike[str] | None,
+    home: str | os.PathLike[str] | None,
+    store: str | None = None,
+) -> Locator:
+    """The store to watch: the file --db names, else the chosen store — `store` as the CLI
+    chose it ("" or "sqlite": the file under `home`; a postgresql:// URL: the fleet's), or
+    $AGENTGUARD_STORE when None. A value that is neither is refused as `open_store` words it."""
+    if db is not None:
+        return database_path(db, home)
+    chosen = (os.environ.get(STORE_ENV, "") if store is None else store).strip()
+    if is_postgres_locator(chosen):
+        return chosen
+    open_store(home, url=chosen).close()  # refuses a bad value; creates the default file
+    return database_path(None, home)
+
+
+def prepare(
+    locator: Locator,
+    *,
+    explicit: bool,
+    run_id: str | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> str | None:
     """Bring the store's schema up to date and mark runs whose process died as interrupted;
     returns the full id of `run_id` (an id or an unambiguous prefix, as the other commands take).
 
     The default store is created if it does not exist yet (the view then waits for runs); a
-    file named with --db must exist."""
+    file named with --db must exist. A PostgreSQL store is migrated here (which adds the
+    triggers that announce its changes) before the app listens to it."""
     from agentguard.commands.common import find_run
 
-    if explicit and not path.is_file():
-        raise StoreError(f"No agentguard database at {path}; check the path given to --db.")
-    store = Store(path)
+    if is_postgres_locator(locator):
+        store: Any = open_store(home, url=str(locator))
+    else:
+        path = Path(locator)
+        if explicit and not path.is_file():
+            raise StoreError(f"No agentguard database at {path}; check the path given to --db.")
+        store = Store(path)
     try:
         mark_interrupted(store)
         return None if run_id is None else str(find_run(store, run_id)["id"])
@@ -40,12 +77,13 @@ def run(
     *,
     home: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
+    store: str | None = None,
 ) -> int:
     """Run the watch app until the user quits; 0 on a normal exit, 2 (the CLI's refusal code)
-    with one sentence when it cannot start."""
-    path = database_path(db, home)
+    with one sentence when it cannot start. `store` is the CLI's choice (see `locate`)."""
     try:
-        run_id = prepare(path, explicit=db is not None, run_id=run_id)
+        locator = locate(db, home, store)
+        run_id = prepare(locator, explicit=db is not None, run_id=run_id, home=home)
     except AgentGuardError as exc:
         return _refuse(str(exc))
     if not stdout_is_terminal():
@@ -62,7 +100,7 @@ def run(
             "(pip install --force-reinstall agentguard)."
         )
     try:
-        app = WatchApp(path, open_run=run_id)
+        app = WatchApp(locator, home=home, open_run=run_id)
     except StoreError as exc:
         return _refuse(str(exc))
     quiet_gc()

@@ -35,6 +35,7 @@ from agentguard.tui.widgets import Banner, Cell, Clipped, Column, KeyedTable
 from agentguard.user_repo import moved_since
 
 if TYPE_CHECKING:
+    from agentguard.store_pg import PostgresStore
     from agentguard.tui.app import WatchApp
 
 # Flexible columns (flex > 0) share what the fixed ones leave, so every column is on screen
@@ -236,7 +237,8 @@ class RunScreen(Screen[None]):
         text.append(f"{run.name}", style="bold")
         text.append(" · ")
         text.append(run.status, style=STATUS_STYLE.get(run.status, ""))
-        text.append(f" · {run.id} · {run.project}\n", style="")
+        where = f"{run.hostname or '?'}:{run.project}" if app.reader.fleet else run.project
+        text.append(f" · {run.id} · {where}\n", style="")
         subs = len(detail.substituted)
         text.append(f"primary {run.primary_model or fmt.DASH} · {len(detail.steps)} steps")
         if detail.git is not None:  # the user's repository at the latest checkpoint
@@ -345,10 +347,11 @@ class RunScreen(Screen[None]):
         self._ask_restore(self.detail, step)
 
     @contextmanager
-    def _writable_store(self) -> Iterator[Store]:
-        """A handle on the app's store for one action in a worker (the app itself only reads);
-        it shares the process's one connection."""
-        store = Store(self.watch_app.reader.path)
+    def _writable_store(self) -> Iterator[Store | PostgresStore]:
+        """A handle on the app's store for one action in a worker (the app itself only reads):
+        on SQLite it shares the process's one connection; on PostgreSQL it is a store of its
+        own, whose shadow git store is this machine's (see `checkpoint_problem`)."""
+        store = self.watch_app.reader.open_store()
         try:
             yield store
         finally:

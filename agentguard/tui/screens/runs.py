@@ -38,10 +38,15 @@ COLUMNS = (
     Column("subs", "subs", 4),
     Column("error", "last error", 80, flex=3, min=6),
 )
+# Fleet mode (a PostgreSQL store): every machine's runs, so each says which machine ran it.
+FLEET_COLUMNS = (COLUMNS[0], Column("host", "host", 16, flex=1, min=7), *COLUMNS[1:])
 
 
-def run_cells(run: RunSummary, now: float, tz: tzinfo | None) -> tuple[Cell, ...]:
-    """One run as table cells (plain data, so a refresh compares them cheaply)."""
+def run_cells(
+    run: RunSummary, now: float, tz: tzinfo | None, *, host: bool = False
+) -> tuple[Cell, ...]:
+    """One run as table cells (plain data, so a refresh compares them cheaply); with `host`,
+    the FLEET_COLUMNS' host cell after the status."""
     served: Cell = ", ".join(fmt.short_model(m) for m in run.served_models) or fmt.DASH
     if any(m != run.primary_model for m in run.served_models):
         served = (str(served), "bold red")
@@ -49,8 +54,10 @@ def run_cells(run: RunSummary, now: float, tz: tzinfo | None) -> tuple[Cell, ...
     error = fmt.one_line(run.last_error, 200)
     if run.status == "waiting":
         error = fmt.one_line(f"{fmt.waiting_banner(run, now, tz)} · {error}", 200)
+    machine: tuple[Cell, ...] = (run.hostname or fmt.DASH,) if host else ()
     return (
         (run.status, STATUS_STYLE.get(run.status, "")),
+        *machine,
         run.project_name,
         fmt.age(now - run.created_at) if run.created_at else fmt.DASH,
         str(run.steps),
@@ -91,7 +98,8 @@ class RunsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static("loading runs…", id="summary")
-        yield RunsTable(COLUMNS, id="runs")
+        fleet = self.watch_app.reader.fleet
+        yield RunsTable(FLEET_COLUMNS if fleet else COLUMNS, id="runs")
         yield Static("", id="preview")
         yield Footer()
 
@@ -121,7 +129,7 @@ class RunsScreen(Screen[None]):
         cached = self._cells.get(run.id)
         if cached is not None and cached[0] == run and cached[1] == age and run.status != "waiting":
             return cached[2]
-        cells = run_cells(run, now, self.watch_app.tz)
+        cells = run_cells(run, now, self.watch_app.tz, host=self.watch_app.reader.fleet)
         self._cells[run.id] = (run, age, cells)
         return cells
 
@@ -158,7 +166,8 @@ class RunsScreen(Screen[None]):
         app = self.watch_app
         text = Text()
         text.append(run.name, style="bold")
-        text.append(f" · {run.id} · {run.project}", style="dim")
+        where = f"{run.hostname or '?'}:{run.project}" if app.reader.fleet else run.project
+        text.append(f" · {run.id} · {where}", style="dim")
         text.append("\n")
         if run.status == "waiting":
             text.append(fmt.waiting_banner(run, app.now(), app.tz), style="bold yellow")
