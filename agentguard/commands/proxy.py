@@ -95,6 +95,7 @@ def options_from(ctx: Context, args: argparse.Namespace, accepted: tuple[str, ..
         accept_key_envs=args.accept_key_env,
         accepted_keys=accepted,
         snapshots=False if args.no_snapshots else None,
+        store=ctx.store_flag,  # else $AGENTGUARD_STORE, else the --project's config
         **_hold_options(args),
     )
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agentguard.commands.common import Context, Refused
+from agentguard.commands.common import Context, Refused, store_env
 from agentguard.commands.proxy import add_shared, options_from
 
 NAME = "run"
@@ -57,6 +57,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     log_file = quiet_logs(ctx.home)
     env = {
         **os.environ,
+        # --store or the project's config chose the store: the child (the status line Claude
+        # Code runs, any agentguard command the agent runs) reads the one the proxy writes.
+        # In its environment, not on a command line: never printed with the status-line hint.
+        **store_env(options.store),
         "ANTHROPIC_BASE_URL": proxy.url,
         "OPENAI_BASE_URL": f"{proxy.url}/v1",
     }

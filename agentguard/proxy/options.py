@@ -23,6 +23,7 @@ from agentguard.guard import project_folder
 from agentguard.policy import Policy, resolve_policy
 from agentguard.routes import KNOWN_PROVIDERS, Route, check_keys, parse_chain
 from agentguard.snapshots import DEFAULT_MAX_FILE_BYTES
+from agentguard.store_choice import choose_store
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 OPENAI_URL = "https://api.openai.com/v1"
@@ -55,6 +56,10 @@ class ProxyOptions:
     ping_interval: float = PING_INTERVAL
     session_idle: float = SESSION_IDLE  # 0: a session's run stays open while the proxy runs
     snapshot_remote: str | None = None  # a git remote each run's checkpoints are pushed to
+    # The store the runs go to: "" the local SQLite file under `home`, else a postgresql:// URL
+    # (build() chooses: its `store`, else $AGENTGUARD_STORE, else the config file's); None asks
+    # $AGENTGUARD_STORE alone.
+    store: str | None = None
 
     def monotonic(self) -> float:
         """Seconds on the proxy's clock (the tests' clock in tests)."""
@@ -83,10 +88,12 @@ class ProxyOptions:
         ping_interval: float = PING_INTERVAL,
         session_idle: float = SESSION_IDLE,
         snapshot_remote: str | None = None,
+        store: str | None = None,
     ) -> ProxyOptions:
         """Validate everything before the proxy listens; a problem is one ConfigError."""
         folder = project_folder(project)
-        settings, _ = load_config(folder, config)
+        settings, config_file = load_config(folder, config)
+        location = choose_store(store, (settings.store, str(config_file)))
         upstreams = {
             "anthropic": (upstream or ANTHROPIC_URL).rstrip("/"),
             "openai": (openai_upstream or OPENAI_URL).rstrip("/"),
@@ -127,6 +134,7 @@ class ProxyOptions:
             ping_interval=ping_interval,
             session_idle=session_idle,
             snapshot_remote=config_snapshot_remote(snapshot_remote, settings),
+            store=location,
         )
 
     def hold_for(self, policy: Policy, *, stream: bool) -> float:

@@ -68,7 +68,7 @@ class ProxyServer:
 
     def __init__(self, options: ProxyOptions, store: Store | None = None) -> None:
         self.options = options
-        self.store = store or open_store(options.home)
+        self.store = store or open_store(options.home, url=options.store)
         self.sessions = Sessions(options, self.store)
         self.upstream: Upstream | None = None
         self.port: int | None = None
