@@ -422,6 +422,25 @@ def test_watch_command_opens_the_fleet_store(
     assert triggers == {"runs", "steps", "attempts", "events", "snapshots"}
 
 
+def test_watch_store_flag_picks_the_store_over_the_variable(
+    postgres_schema_url: str, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    opened: list[Any] = []
+
+    def fake_run(self: WatchApp) -> None:
+        opened.append(type(self.reader))
+        self.reader.close()
+
+    monkeypatch.setattr(watch, "stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(WatchApp, "run", fake_run)
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    assert main(["watch", "--store", postgres_schema_url]) == 0
+    monkeypatch.setenv(STORE_ENV, postgres_schema_url)
+    assert main(["watch", "--store", "sqlite"]) == 0
+    assert opened == [PostgresReader, StoreReader]
+    assert (home / DB_NAME).is_file()  # "sqlite": this machine's file, created to be watched
+
+
 def test_watch_without_a_terminal_still_says_so_over_postgresql(
     postgres_schema_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:

@@ -12,8 +12,8 @@ SUMMARY = "Watch every run, attempt, retry and substitution live in a terminal U
 EPILOG = """\
 keys: enter open · esc back · d diff · r restore · m metrics · f follow · q quit
 
-With $AGENTGUARD_STORE set to a postgresql:// URL it watches the fleet's shared store: every
-machine's runs, each with its host, followed live as the server announces each commit.
+With a postgresql:// store (--store, $AGENTGUARD_STORE) it watches the fleet's shared store:
+every machine's runs, each with its host, followed live as the server announces each commit.
 
 examples:
   agentguard watch
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     from agentguard.tui.watch import run as watch
 
-    # --store (or the config file's `store`), where the CLI knows it; else $AGENTGUARD_STORE
-    chosen = getattr(ctx, "chosen_store", None)
-    store = chosen() if args.db is None and chosen is not None else None
+    # --db names a SQLite file; else the store as every command chooses it (--store,
+    # $AGENTGUARD_STORE, the config file's `store`)
+    store = ctx.chosen_store() if args.db is None else None
     return watch(db=args.db, home=ctx.home, run_id=args.run, store=store)
