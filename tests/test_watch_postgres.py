@@ -140,15 +140,17 @@ def test_both_engines_read_the_same_story(home: Path, pg_story: str) -> None:
 
 def test_the_reader_cannot_write_and_reads_one_moment(pg_story: str) -> None:
     reader = PostgresReader(pg_story)
+    writer = PostgresStore(pg_story)
     try:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             reader.query("insert into blobs (sha, body) values ('x', 'y')")
         with reader.reading():
             before = reader.query("select count(*) as n from runs")[0]["n"]
-            Writer(PostgresStore(pg_story)).run("feed00000001", "x", "/tmp/x", "running", NOW)
+            Writer(writer).run("feed00000001", "x", "/tmp/x", "running", NOW)
             assert reader.query("select count(*) as n from runs")[0]["n"] == before
         assert reader.query("select count(*) as n from runs")[0]["n"] == before + 1
     finally:
+        writer.close()
         reader.close()
 
 
