@@ -6,10 +6,10 @@ so the run visibly goes through 529 retries, a tier fallback (Opus → Sonnet), 
 fallback (→ an OpenAI-compatible route, the working tree verified first) and back to the
 primary. The agent is the example agent's own loop (`examples/coding_agent.py`), not a toy.
 
-The demo is local whatever $AGENTGUARD_STORE says: its run goes to this machine's SQLite store
-(under `home`), never to a fleet's shared PostgreSQL store, where its fake 529 storm would
-count against the real route names (the shared breaker, retry budget and held retries, and
-the team's `stats`).
+The demo is local whatever $AGENTGUARD_STORE (or a config file's `store`) says: its run goes to
+this machine's SQLite store (under `home`), never to a fleet's shared PostgreSQL store, where
+its fake 529 storm would count against the real route names (the shared breaker, retry budget
+and held retries, and the team's `stats`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from typing import Any
 
 from agentguard.breaker import BreakerSettings
 from agentguard.home import ensure_home, home_dir
-from agentguard.store import STORE_ENV, Store
+from agentguard.store import Store
+from agentguard.store_choice import LOCAL
 from agentguard.testing import FakeProvider, RecordedRequest, ToolCall, Turn, overloaded
 
 PRIMARY, TIER, GATEWAY = "claude-opus-4-7", "claude-sonnet-4-6", "deepseek-v4-pro"
@@ -199,7 +200,7 @@ def run_demo(
     example = load_example_agent()
     project = make_project(Path(workdir) / "calc-project" if workdir else demo_project(home))
     os.environ.setdefault(DEMO_KEY_VAR, "demo-key-not-secret")
-    with _local_store(), FakeProvider(model=fixing_model) as fake:
+    with FakeProvider(model=fixing_model) as fake:
         gateway = {
             "provider": "deepseek",
             "model": GATEWAY,
@@ -211,6 +212,7 @@ def run_demo(
             project=project,
             run="demo: fix add()",
             home=home,
+            store_url=LOCAL,  # this machine's SQLite file, whatever $AGENTGUARD_STORE says
             policy=DEMO_POLICY,
             chain=[f"anthropic:{PRIMARY}", f"anthropic:{TIER}", gateway],
             on_substitution=lambda info: echo(
@@ -251,21 +253,6 @@ def run_demo(
         tests_pass=done.returncode == 0,
         test_output=(done.stdout + done.stderr).strip(),
     )
-
-
-@contextmanager
-def _local_store() -> Iterator[None]:
-    """The demo's guard opens this machine's SQLite store ("sqlite": see `open_store`), and
-    $AGENTGUARD_STORE is put back as it was afterwards."""
-    before = os.environ.get(STORE_ENV)
-    os.environ[STORE_ENV] = "sqlite"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(STORE_ENV, None)
-        else:
-            os.environ[STORE_ENV] = before
 
 
 def summary(
