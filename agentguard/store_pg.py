@@ -94,7 +94,7 @@ class PostgresStore(StoreReads):
     ) -> None:
         if psycopg is None:
             raise StoreError(
-                "AGENTGUARD_STORE names a PostgreSQL server but psycopg is not installed; "
+                "The store is a PostgreSQL server but psycopg is not installed; "
                 "install agentguard[postgres] (pip install 'agentguard[postgres]')."
             )
         self._url = url
@@ -272,7 +272,7 @@ class PostgresStore(StoreReads):
         return (
             f"agentguard lost the PostgreSQL server at {host_port(self.path)} and it did not "
             f"come back within {waited:.0f} s; check that the server is running and that "
-            "AGENTGUARD_STORE is right."
+            "the store URL is right."
         )
 
     @contextmanager
@@ -493,7 +493,7 @@ class PostgresStore(StoreReads):
             if schema is None:
                 raise StoreError(
                     f"The PostgreSQL database {self.path} has no schema to write to (the "
-                    "search_path names none that exists); create it or fix AGENTGUARD_STORE."
+                    "search_path names none that exists); create it or fix the store URL."
                 )
             migrate(conn, self.path, lock_key(f"migrate:{schema}"))
             columns = [

@@ -113,17 +113,17 @@ def describe_connect_error(where: str, exc: Exception, url: str = "") -> str:
         if "does not exist" in reason and "database" in reason:
             return (
                 f"The PostgreSQL server at {where_to} has no such database ({reason}); "
-                "create it or fix the database name in AGENTGUARD_STORE."
+                "create it or fix the database name in the store URL."
             )
         return (
             f"The PostgreSQL server at {where_to} refused agentguard ({reason}); "
-            "check the user and password in AGENTGUARD_STORE."
+            "check the user and password in the store URL."
         )
     reason = text.removeprefix("connection failed: ")
     reason = reason.split(" Is the server running", 1)[0]
     return (
         f"agentguard cannot reach the PostgreSQL server at {where_to} ({reason}); "
-        "check that the server is running and that AGENTGUARD_STORE is right."
+        "check that the server is running and that the store URL is right."
     )
 
 
