@@ -21,6 +21,7 @@ from agentguard.conversation import stored_params
 from agentguard.errors import ProjectError, RunBusy, RunNotFound, SnapshotError
 from agentguard.snapshots import RestoreResult, ShadowRepo
 from agentguard.store import Store, open_store
+from agentguard.store_choice import choose_store, configured_store
 
 
 @dataclass
@@ -40,6 +41,9 @@ class ResumedRun:
     response: dict[str, Any] | None  # its recorded response, already in `messages`
     restored: RestoreResult | None = None
     home: Path | None = field(default=None, repr=False)
+    # the store it was found in ("" the local SQLite file, else a URL: never shown, it may hold
+    # a password); None when resume() was handed a store
+    store_url: str | None = field(default=None, repr=False)
 
     @property
     def system(self) -> Any:
@@ -67,6 +71,8 @@ class ResumedRun:
         options.setdefault("project", self.project)
         if self.home is not None:
             options.setdefault("home", self.home)
+        if self.store_url is not None:  # the run goes on in the store it was found in
+            options.setdefault("store_url", self.store_url)
         return wrap(client, resume=self.run_id, **options)
 
 
@@ -80,6 +86,7 @@ def resume(
     accept: bool = False,
     allow_moved: bool = False,
     snapshot_remote: str | None = None,
+    store_url: str | None = None,
 ) -> ResumedRun:
     """Bring back a run's last consistent (conversation, tree) pair.
 
@@ -100,14 +107,23 @@ def resume(
     A run from another machine (a fleet's shared store): its checkpoints are fetched first from
     `snapshot_remote` (else $AGENTGUARD_SNAPSHOT_REMOTE, the folder's config, or the remote the
     run recorded) when this machine's shadow store lacks them.
+
+    The store is chosen as `wrap()` chooses it: `store_url` (a postgresql:// URL, or "sqlite"),
+    else $AGENTGUARD_STORE, else the `store` of the config file in `project` (default: the
+    current folder); `ResumedRun.wrap` goes on in the same one.
     """
     if store is not None:
         return _prepare(store, run_id, project, restore, accept, allow_moved, snapshot_remote)
-    own = open_store(home)  # closed here: a PostgreSQL store's pool must not outlive the call
+    location = choose_store(
+        store_url, lambda: configured_store(project), given_as="resume(store_url=)"
+    )
+    own = open_store(home, url=location)  # closed here: a PostgreSQL pool must not outlive it
     try:
-        return _prepare(own, run_id, project, restore, accept, allow_moved, snapshot_remote)
+        found = _prepare(own, run_id, project, restore, accept, allow_moved, snapshot_remote)
     finally:
         own.close()
+    found.store_url = location
+    return found
 
 
 def _prepare(

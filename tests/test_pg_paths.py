@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +154,51 @@ def test_an_undo_of_another_machines_restore_says_where_its_backup_is(
     err = capsys.readouterr().err
     assert "was saved on machine-b" in err and "run this on machine-b" in err
     assert "pruned" not in err
+
+
+def test_resume_opens_the_store_the_projects_config_names_as_wrap_does(
+    postgres_schema_url: str,
+    fake: Any,
+    project: Path,
+    home: Path,
+    clock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`store = "postgresql://…"` in the project's agentguard.toml: wrap() records there, so
+    resume() must look there too (not in the local SQLite file), and the resumed run's
+    wrap() goes on there."""
+    import anthropic
+    import psycopg
+
+    import agentguard
+    from agentguard.store import DB_NAME
+    from tests.conftest import API_KEY, user
+
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    (project / "agentguard.toml").write_text(f'store = "{postgres_schema_url}"\n')
+
+    def client() -> Any:
+        return anthropic.Anthropic(base_url=fake.base_url, api_key=API_KEY)
+
+    first = agentguard.wrap(client(), project=project, clock=clock)
+    first.messages.create(model="claude-opus-4-7", max_tokens=8, messages=[user("one")])
+    first.agentguard.close(status="interrupted")
+    first.agentguard.store.close()
+
+    run = agentguard.resume(first.run_id, project=project, restore=False)
+    assert (run.run_id, run.step, run.status) == (first.run_id, 1, "interrupted")
+    assert postgres_schema_url not in repr(run)  # the URL may carry a password
+    again = run.wrap(client(), clock=clock)
+    again.messages.create(model="claude-opus-4-7", max_tokens=8, messages=run.messages)
+    again.agentguard.close()
+    again.agentguard.store.close()
+
+    with psycopg.connect(postgres_schema_url) as conn:
+        numbers = conn.execute(
+            "select number from steps where run_id = %s order by number", [first.run_id]
+        ).fetchall()
+    assert numbers == [(1,), (2,)]
+    assert not (home / DB_NAME).exists()
+    # an explicit store_url wins over the config file: the local store has no such run
+    with pytest.raises(agentguard.RunNotFound):
+        agentguard.resume(first.run_id, project=project, restore=False, store_url="sqlite")
