@@ -460,7 +460,7 @@ def test_an_unreachable_server_is_one_sentence_without_the_password(home: Path) 
     message = str(e.value)
     _one_sentence(message)
     assert "cannot reach the PostgreSQL server at 127.0.0.1:1" in message
-    assert "AGENTGUARD_STORE" in message and "hunter2" not in message
+    assert "the store URL is right" in message and "hunter2" not in message
 
 
 def test_a_missing_database_or_unknown_user_is_one_sentence(home: Path, postgres_url: str) -> None:
@@ -469,7 +469,7 @@ def test_a_missing_database_or_unknown_user_is_one_sentence(home: Path, postgres
     parts = urlsplit(postgres_url)
     where = f"{parts.hostname}:{parts.port or 5432}"
     missing = f"postgresql://{parts.username}@{where}/agentguard_no_such_db"
-    with pytest.raises(StoreError, match=r"has no such database .*AGENTGUARD_STORE") as e:
+    with pytest.raises(StoreError, match=r"has no such database .*the store URL") as e:
         open_store(home, url=missing)
     _one_sentence(str(e.value))
     stranger = f"postgresql://agentguard_nobody:pw-s3cret@{where}/{parts.path.lstrip('/')}"
