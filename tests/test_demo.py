@@ -141,6 +141,13 @@ def test_the_hint_follows_how_the_demo_was_run(
     monkeypatch.setenv("MAKELEVEL", "1")
     (checkout / "Makefile").write_text("demo:\n\t.venv/bin/agentguard demo\nwatch:\n\tx\n")
     assert next_commands(None) == (".venv/bin/agentguard show RUN", "make watch")
+    # a fleet's $AGENTGUARD_STORE: the demo's run is in this machine's SQLite store all the same
+    monkeypatch.setenv("AGENTGUARD_STORE", "postgresql://db.internal/agentguard")
+    assert next_commands(None) == (
+        ".venv/bin/agentguard show RUN --store sqlite",
+        ".venv/bin/agentguard watch --store sqlite",
+    )
+    monkeypatch.delenv("AGENTGUARD_STORE")
     # with --home, both commands carry it (make watch would look elsewhere)
     assert next_commands("/data/ag home") == (
         ".venv/bin/agentguard --home '/data/ag home' show RUN",

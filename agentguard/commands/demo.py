@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from agentguard.commands.common import FAILED, OK, Context
+from agentguard.store_choice import STORE_ENV
 
 NAME = "demo"
 SUMMARY = "Run the offline demo: a real agent fixes a bug through an overload storm."
@@ -39,7 +40,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty():
         from agentguard.tui.watch import run as watch
 
-        watch(home=result.home, run_id=result.run_id)
+        watch(home=result.home, run_id=result.run_id, store="sqlite")  # the demo's own store
     return OK if result.tests_pass else FAILED
 
 
@@ -49,10 +50,18 @@ def next_commands(home: str | None) -> tuple[str, str]:
     gave, and `make watch` when they ran `make demo` from the project."""
     command = agentguard_command()
     where = f" --home {shlex.quote(home)}" if home else ""
-    show = f"{command}{where} show RUN"
-    if not home and os.environ.get("MAKELEVEL") and _has_make_target(Path.cwd(), "watch"):
+    # the demo writes to this machine's SQLite store whatever $AGENTGUARD_STORE names
+    fleet = os.environ.get(STORE_ENV, "").strip().lower() not in ("", "sqlite")
+    local = " --store sqlite" if fleet else ""
+    show = f"{command}{where} show RUN{local}"
+    if (
+        not home
+        and not fleet
+        and os.environ.get("MAKELEVEL")
+        and _has_make_target(Path.cwd(), "watch")
+    ):
         return show, "make watch"
-    return show, f"{command}{where} watch"
+    return show, f"{command}{where} watch{local}"
 
 
 def agentguard_command(argv0: str | None = None) -> str:
