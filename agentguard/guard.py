@@ -91,6 +91,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
     ) -> None:
         self.project = project_folder(project)
         self.store = store or open_store(home, url=store_url)
+        self._opened_store = store is None  # closed with the run if it holds server connections
         previous = self._previous_run(resume) if resume else None
         if policy is None and previous is not None and previous["policy"]:
             policy = json.loads(previous["policy"])

@@ -29,6 +29,7 @@ class RunLifecycle:
     clock: Clock
     run_id: str
     _closed: bool
+    _opened_store: bool
     _last_status: str
     _executor: ThreadPoolExecutor
     _deferred: dict[int, Any]
@@ -76,6 +77,8 @@ class RunLifecycle:
         final = status or ("completed" if self._last_status == "running" else self._last_status)
         now = self.clock.now()
         self.store.update_run(self.run_id, status=final, updated_at=now, ended_at=now)
+        if self._opened_store and getattr(self.store, "holds_connections", False):
+            self.store.close()  # a PostgreSQL store's pool and listener end with the run
 
     def end(self, exc: BaseException | None) -> None:
         """End the run as a `with` block ends: normally → `close()`; by an exception → the run

@@ -141,6 +141,10 @@ class PostgresStore(StoreReads):
                     self._pid = os.getpid()
         return self._pool
 
+    # a Guard that opened this store closes it with its run: server connections and a listener
+    # thread must not wait for the garbage collector (a SQLite handle is only a reference)
+    holds_connections = True
+
     @classmethod
     def open(cls, url: str, home: str | os.PathLike[str] | None = None) -> PostgresStore:
         return cls(url, home)

@@ -202,3 +202,14 @@ def test_resume_opens_the_store_the_projects_config_names_as_wrap_does(
     # an explicit store_url wins over the config file: the local store has no such run
     with pytest.raises(agentguard.RunNotFound):
         agentguard.resume(first.run_id, project=project, restore=False, store_url="sqlite")
+
+
+def test_a_run_id_prefix_finds_its_run_in_any_case_on_both_engines(engine: Engine) -> None:
+    """`agentguard show AB12…` finds run ab12… on PostgreSQL as on SQLite (whose like ignores
+    ASCII case; PostgreSQL's does not)."""
+    from agentguard.commands.common import find_run
+
+    store = engine.open()
+    store.insert_run({"id": "ab12cd34-0000", "status": "completed", "created_at": 1.0})
+    assert find_run(store, "AB12")["id"] == "ab12cd34-0000"
+    assert find_run(store, "ab12cd")["id"] == "ab12cd34-0000"

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -68,16 +69,22 @@ def test_each_checkpoint_reaches_the_remote(guarded, project: Path, tmp_path: Pa
 
 def test_a_push_never_delays_a_step(guarded, project: Path, tmp_path: Path) -> None:
     remote = _bare(tmp_path / "slow.git")
-    fifo, mark = tmp_path / "release", tmp_path / "hold"
+    fifo, mark, held = tmp_path / "release", tmp_path / "hold", tmp_path / "held"
     os.mkfifo(fifo)
     mark.write_text("")
     hook = remote / "hooks" / "pre-receive"
-    hook.write_text(f'#!/bin/sh\nif [ -e "{mark}" ]; then cat "{fifo}" > /dev/null; fi\n')
+    hook.write_text(
+        f'#!/bin/sh\nif [ -e "{mark}" ]; then touch "{held}"; cat "{fifo}" > /dev/null; fi\n'
+    )
     hook.chmod(0o755)
     client = guarded(snapshot_remote=str(remote))
     for n in range(3):
         _ask(client, f"step {n}")  # each returns while the first push waits on the remote
     guard = client.agentguard
+    deadline = time.monotonic() + 60  # a slow machine: the first push may not be there yet
+    while not held.exists():
+        assert time.monotonic() < deadline, "the first push never reached the remote's hook"
+        time.sleep(0.01)
     assert [s["status"] for s in guard.store.steps(guard.run_id)] == ["ok", "ok", "ok"]
     assert guard._pusher is not None and guard._pusher.pushes == 0  # still held by the hook
     mark.unlink()

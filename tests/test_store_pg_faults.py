@@ -372,8 +372,11 @@ def test_a_guarded_run_goes_on_when_its_backend_is_killed_mid_step(
     _kill_once_on(postgres_schema_url, "attempts")
     client.messages.create(model="claude-opus-4-7", max_tokens=16, messages=[user("two")])
     run_id = client.run_id
-    assert client.agentguard.store.reconnects >= 1
+    store = client.agentguard.store
+    assert store.reconnects >= 1
     client.agentguard.close()
+    with pytest.raises(StoreError, match="was closed"):  # its pool ended with the run
+        store.query("select 1")
     steps = _admin(postgres_schema_url, f"select number, status from steps where run_id='{run_id}'")
     assert sorted(steps) == [(1, "ok"), (2, "ok")]
     attempts = _admin(postgres_schema_url, "select step_id, outcome from attempts order by id")

@@ -171,7 +171,9 @@ def find_run(store: Store, given: str) -> dict[str, Any]:
         return run
     pattern = given.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     rows = store.query(
-        "select id from runs where id like ? escape '\\' order by created_at desc limit 4",
+        # lower() on both sides: SQLite's like ignores ASCII case, PostgreSQL's does not
+        "select id from runs where lower(id) like lower(?) escape '\\' "
+        "order by created_at desc limit 4",
         [pattern],
     )
     if len(rows) == 1 and given:
