@@ -86,9 +86,11 @@ class RetryBudget:
         return int(row["total"]) - int(row["retries"]), int(row["retries"])
 
     def _insert(self, conn: sqlite3.Connection, route: str, now: float, retry: bool) -> None:
-        cursor = conn.execute(
-            "insert into route_traffic (route, at, retry) values (?, ?, ?)",
+        # `returning id`, not `lastrowid`: one round trip on PostgreSQL, where lastrowid is a
+        # second query
+        (row_id,) = conn.execute(
+            "insert into route_traffic (route, at, retry) values (?, ?, ?) returning id",
             [route, now, int(retry)],
-        )
-        if (cursor.lastrowid or 0) % max(1, self.settings.prune_every) == 0:
+        ).fetchone()
+        if (row_id or 0) % max(1, self.settings.prune_every) == 0:
             conn.execute("delete from route_traffic where at <= ?", [now - self.settings.window])
