@@ -12,6 +12,7 @@ import sys
 from benchmarks import (
     checkpoint,
     conversation,
+    fleet,
     goodput,
     proxy,
     resume,
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         ("statusline", statusline.main),
         ("proxy", lambda: proxy.main(args.quick)),
         ("store_throughput", lambda: store_throughput.main(args.quick)),
+        ("fleet", fleet.main),
         (
             "goodput",
             lambda: goodput.main(
