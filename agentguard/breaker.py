@@ -181,6 +181,8 @@ class Breaker:
                     failures += 1
                 if now - first >= s.open_after and failures >= s.min_failures:
                     state, open_since, next_probe = "open", now, now + wait
+                    # every machine's steps about to send to it look again (sent on commit)
+                    self.store.announce(ROUTES_CHANNEL, route)
             db.conn.execute(
                 "insert into route_health (route, state, failures, first_failure_at, "
                 "last_failure_at, open_since, next_probe_at, last_success_at, updated_at) "

@@ -373,9 +373,12 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
     ) -> Generator[PlanAction, Any, tuple[Served | None, RouteFailure | None]]:
         """One route's attempts: bounded, jittered, budgeted; a probe gets one try."""
         tries = 0
+        last: tuple[Failure, BaseException] | None = None
         while True:
             tries += 1
             self.budget.note(route.key, retry=tries > 1)
+            if self._opened_meanwhile(route, admission, tries):
+                return None, self._leave_opened(state, route, last)
             number = len(state.attempts) + 1
             began_at, began = self.clock.now(), self.clock.monotonic()
             state.attempt_row = self._open_attempt(state, route, number, began_at)
@@ -391,6 +394,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
                 state.slept = 0.0
                 return result, None
             failure = describe(result, now=self.clock.now())
+            last = (failure, result) if failure is not None else None
             if failure is None:  # not a provider error: a bug or an interrupt; surface it as is
                 self._record(
                     state,
@@ -442,6 +446,35 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             return None, RouteFailure(
                 route, decision.reason, decision.action, failure, result, cooling
             )
+
+    def _opened_meanwhile(self, route: Route, admission: Admission, tries: int) -> bool:
+        """Did the route's breaker open after this try was admitted? Then it is not sent.
+
+        The budget's row was just written, and a write waits behind any transaction that was
+        opening the breaker, so a read now sees it. Asked before every retry (the back-off's
+        last look may be older than another agent's opening), and on a fleet's shared store
+        before every first try too: there, all the machines' steps admitted just before the
+        breaker opened would otherwise reach the dead route together. A probe is sent anyway:
+        it was claimed for that. (A first try on a local store skips the read: the window is
+        a local write's length, and it is the proxy's hot path.)"""
+        if admission is Admission.PROBE or (tries == 1 and self.store.changes is None):
+            return False
+        return self.breaker.health(route.key).state == "open"
+
+    def _leave_opened(
+        self, state: StepState, route: Route, last: tuple[Failure, BaseException] | None
+    ) -> RouteFailure:
+        """The route's breaker opened while this try was on its way out: on to the next route,
+        as if the breaker had been open when the step came (a first try) or had opened on the
+        last failure (a retry). The budget has counted the request: an overcount of one."""
+        if last is None:
+            reason = "breaker open: overloaded, cooling down"
+            self.event(state.step_id, "route_skipped", route=route.key, reason=reason)
+            return RouteFailure(route, reason, Action.NEXT_ROUTE, cooling=True)
+        failure, error = last
+        reason = f"{failure.label}: {_BREAKER_OPENED}"
+        self.event(state.step_id, "route_next_route", route=route.key, reason=reason)
+        return RouteFailure(route, reason, Action.NEXT_ROUTE, failure, error, True)
 
     def _back_off(
         self,
