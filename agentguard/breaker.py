@@ -104,6 +104,23 @@ class Breaker:
 
         return self.store.transact(claim)
 
+    def claim_decider(self, route: str, *, lease: float) -> bool:
+        """Take the one retry that decides a due failure streak (see `Guard._back_off`): a
+        compare-and-set on `decider_until`, as `_claim` does for probes, so of all the steps on
+        all the machines backing off this route, one sends and the others hold. The claim
+        lapses after `lease` seconds, in case its step never comes back."""
+        now = self.clock.now()
+
+        def claim(db: Any) -> bool:
+            cursor = db.conn.execute(
+                "update route_health set decider_until = ? where route = ? and state = 'closed' "
+                "and coalesce(decider_until, 0) <= ?",
+                [now + lease, route, now],
+            )
+            return cursor.rowcount == 1
+
+        return self.store.transact(claim)
+
     def record_success(self, route: str, *, sent_at: float | None = None) -> None:
         """The route answered: close the breaker and end the failure streak.
 
@@ -138,7 +155,8 @@ class Breaker:
                 "last_success_sent_at, updated_at) values (?, 'closed', 0, ?, ?, ?) "
                 "on conflict (route) do update set "
                 "state = 'closed', failures = 0, first_failure_at = null, open_since = null, "
-                "next_probe_at = null, last_success_at = excluded.last_success_at, "
+                "next_probe_at = null, decider_until = null, "
+                "last_success_at = excluded.last_success_at, "
                 "last_success_sent_at = case "
                 "when coalesce(route_health.last_success_sent_at, 0) "
                 "> excluded.last_success_sent_at "

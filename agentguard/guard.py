@@ -55,6 +55,9 @@ from agentguard.user_repo import StateReader
 log = logging.getLogger("agentguard")
 _PROBE_FAILED = "probe failed"
 _BREAKER_OPENED = "breaker opened"
+# How long the step holding a due streak's deciding retry (`Breaker.claim_decider`) has before
+# another waiting step may take it: its request's answer, 529 or not, normally comes sooner.
+_DECIDER_LEASE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -506,7 +509,12 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             if health.state == "open":
                 return Decision(Action.NEXT_ROUTE, reason=f"{failure.label}: {_BREAKER_OPENED}")
             failed_since = (health.last_failure_at or 0) > since  # someone else's, after ours
-            if not failed_since or self._streak_is_due(health):
+            if self._streak_is_due(health):
+                # one retry decides for every waiting step, on every machine: the one that
+                # takes the claim; the others hold theirs for its answer
+                if self.breaker.claim_decider(route.key, lease=_DECIDER_LEASE_S):
+                    return None
+            elif not failed_since:
                 return None
             deferred += 1
             delay = self.policy.backoff(tries, self.rng)

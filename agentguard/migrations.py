@@ -215,3 +215,12 @@ def m007_change_notifications(db: Database) -> None:
     # agentguard.migrations_pg). SQLite needs none: `PRAGMA data_version` tells a reader when
     # another connection committed. Kept so both engines record the same history by name.
     del db
+
+
+@migration
+def m008_streak_decider(db: Database) -> None:
+    # Until when one backing-off step has the retry whose answer decides a due failure streak
+    # (back, or breaker open), so the other waiting steps — on every machine — hold theirs
+    # instead of all sending at once (agentguard.breaker.claim_decider).
+    if "decider_until" not in db["route_health"].columns_dict:
+        db["route_health"].add_column("decider_until", float)

@@ -206,6 +206,11 @@ MIGRATIONS: list[tuple[str, str]] = [
             on snapshots for each statement execute function agentguard_announce_change();
         """,
     ),
+    (
+        # See agentguard.migrations.m008_streak_decider.
+        "m008_streak_decider",
+        "alter table route_health add column if not exists decider_until double precision",
+    ),
 ]
 
 KNOWN: list[str] = [name for name, _ in MIGRATIONS]

@@ -143,3 +143,21 @@ def test_a_server_retry_after_is_obeyed_even_if_others_succeed(fake, guarded, cl
     clock.at(0.3, lambda now: other.record_success(ROUTE, sent_at=now))
     info = agentguard.info(ask(client))
     assert info.served_model == OPUS and clock.sleeps == [2.0]
+
+
+def test_a_due_streak_is_decided_by_one_retry_not_by_every_waiting_step(fake, guarded, clock, home):
+    """Another agent's step already holds the deciding retry (`claim_decider`) when this
+    step's backoff ends on a due streak: this step holds its retry instead of sending it
+    too, and leaves when that answer opens the breaker."""
+    fake.script(overloaded(), overloaded(), model=OPUS)
+    settings = BreakerSettings(open_after=0.5)
+    client = client_for(guarded, breaker=settings)
+    other = Breaker(Store.open(home), clock, settings)
+    clock.at(0.4, lambda now: other.record_failure(ROUTE))
+    clock.at(0.9, lambda now: other.claim_decider(ROUTE, lease=10.0))  # its retry goes out
+    clock.at(1.5, lambda now: other.record_failure(ROUTE))  # its 529: the breaker opens
+    info = agentguard.info(ask(client))
+    assert [r.model for r in fake.requests] == [OPUS, SONNET]  # no retry at t = 1.0
+    assert info.reason == f"{OPUS}: 529 overloaded_error: breaker opened"
+    [held] = events(home, "retry_deferred")
+    assert held["route"] == ROUTE

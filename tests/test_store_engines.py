@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -531,3 +532,20 @@ def test_processes_migrating_a_fresh_postgres_schema_at_once_all_succeed(
     with psycopg.connect(postgres_schema_url) as conn:
         names = [r[0] for r in conn.execute("select name from agentguard_migrations")]
     assert sorted(names) == sorted(migrations.KNOWN)
+
+
+def test_one_step_of_all_the_machines_takes_a_due_streaks_deciding_retry(engine: Engine) -> None:
+    """`claim_decider` is a compare-and-set in the database: of eight handles (machines)
+    asking at once exactly one wins, until its lease lapses or the route answers."""
+    clock = FakeClock()
+    breakers = [Breaker(engine.open(), clock) for _ in range(8)]
+    breakers[0].record_failure("r")
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda b: b.claim_decider("r", lease=10.0), breakers))
+    assert won.count(True) == 1
+    assert not breakers[1].claim_decider("r", lease=10.0)
+    clock.advance(10.0)  # the winner never came back: the claim lapses
+    assert breakers[2].claim_decider("r", lease=10.0)
+    breakers[3].record_success("r")  # the route answered: the next streak starts afresh
+    breakers[3].record_failure("r")
+    assert breakers[4].claim_decider("r", lease=10.0)
