@@ -58,20 +58,7 @@ COMMANDS = (
     run,
 )
 # The commands that open the store, so take --store (demo keeps its own store under --home).
-STORE_COMMANDS = (
-    runs,
-    show,
-    diff,
-    restore,
-    resume,
-    watch,
-    stats,
-    metrics,
-    gc,
-    statusline,
-    proxy,
-    run,
-)
+STORE_COMMANDS = tuple(command for command in COMMANDS if command is not demo)
 
 EPILOG = f"""\
 examples:
