@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 DB_NAME = "agentguard.db"
 BUSY_TIMEOUT_S = 30.0
 COMPRESS_FROM = 512  # bytes of JSON
+CHECKPOINT_EVERY_STEPS = 64  # a step writes ~10 WAL pages: about SQLite's own 1,000-page mark
 
 T = TypeVar("T")
 
@@ -239,6 +240,22 @@ class Store(StoreReads):
                 _update(db.conn, "attempts", "id", attempt[0], attempt[1])
             _update(db.conn, "steps", "id", step_id, step)
             _update(db.conn, "runs", "id", run_id, run)
+        self._checkpoint_now_and_then()
+
+    def _checkpoint_now_and_then(self) -> None:
+        """Every CHECKPOINT_EVERY_STEPS steps this process ends, move the WAL into the database
+        (PASSIVE: never waits for another connection). A step's end is the quiet moment: the
+        proxy writes it after the answer is on its way, and a step's first writes never pay
+        for a checkpoint (see `_configure`). The last connection to close checkpoints too."""
+        shared = self._shared
+        with self._lock:
+            shared.steps_unchecked += 1
+            if shared.steps_unchecked < CHECKPOINT_EVERY_STEPS:
+                return
+            if self.db.conn.in_transaction:  # inside a caller's transaction: at the next end
+                return
+            shared.steps_unchecked = 0
+            self.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def conversation(self, step_id: int) -> list[dict[str, Any]]:
         """Rebuild a step's whole conversation from its own messages and its parents'."""
@@ -353,6 +370,7 @@ class _Shared:
     db: Database
     lock: threading.RLock = field(default_factory=threading.RLock)
     users: int = 1
+    steps_unchecked: int = 0  # steps ended since this process last checkpointed the WAL
 
 
 _OPEN: dict[str, _Shared] = {}
@@ -430,6 +448,10 @@ def _configure(conn: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("database is locked (journal mode not yet WAL)")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # No checkpoint inside a commit: SQLite's automatic one (every 1,000 WAL pages) lands on
+    # whichever commit crosses the line — a step's first write, on its critical path — and
+    # costs 10–15 ms here. The store checkpoints at a step's end instead (Store.finish_step).
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
 
 
 def _check_schema(db: Database, path: Path) -> set[str]:
