@@ -39,6 +39,7 @@ from agentguard.store import StoreReads, dumps, pack
 from agentguard.store_pg_changes import Listener
 from agentguard.store_pg_setup import (
     CONNECT_TIMEOUT_S,
+    NO_PSYCOPG,
     connect_options,
     describe_connect_error,
     host_port,
@@ -93,10 +94,7 @@ class PostgresStore(StoreReads):
         reconnect_within: float = RECONNECT_WITHIN_S,
     ) -> None:
         if psycopg is None:
-            raise StoreError(
-                "The store is a PostgreSQL server but psycopg is not installed; "
-                "install agentguard[postgres] (pip install 'agentguard[postgres]')."
-            )
+            raise StoreError(NO_PSYCOPG)
         self._url = url
         self._clock = clock or SystemClock()
         self.reconnect_within = reconnect_within

@@ -21,6 +21,10 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     PoolTimeout = None  # type: ignore[assignment,misc]
 
 URL_SCHEMES = ("postgresql://", "postgres://")
+NO_PSYCOPG = (
+    "The store is a PostgreSQL server but psycopg is not installed; "
+    "install agentguard[postgres] (pip install 'agentguard[postgres]')."
+)
 CONNECT_TIMEOUT_S = 10
 MIGRATIONS_TABLE = "agentguard_migrations"
 # SQLSTATEs that mean "this connection is gone" rather than "this SQL failed": class 08

@@ -343,7 +343,11 @@ def test_a_forked_child_writes_on_connections_of_its_own(
 def test_store_connections_name_themselves_to_the_server(
     opened: Callable[..., PostgresStore], postgres_schema_url: str
 ) -> None:
-    """An operator looking at pg_stat_activity sees which connections are agentguard's."""
+    """An operator looking at pg_stat_activity sees which connections are agentguard's: the
+    store's, `agentguard watch`'s reader and the status line's."""
+    from agentguard.commands.statusline import open_reader as statusline_reader
+    from agentguard.tui.data import PostgresReader
+
     store = opened()
     _new_run(store)
     names = _admin(
@@ -351,6 +355,17 @@ def test_store_connections_name_themselves_to_the_server(
         "select count(*) from pg_stat_activity where application_name = 'agentguard'",
     )
     assert names[0][0] >= 1
+    reader = PostgresReader(postgres_schema_url)
+    line = statusline_reader(store=postgres_schema_url)
+    assert line is not None
+    try:
+        assert reader.query("show application_name") == [{"application_name": "agentguard"}]
+        assert (
+            line.execute("show application_name", []).fetchone()["application_name"] == "agentguard"
+        )
+    finally:
+        reader.close()
+        line.close()
 
 
 # -- a whole guarded run ---------------------------------------------------------------------

@@ -172,9 +172,10 @@ def open_reader(home: str | None = None, store: str | None = None) -> Reader | N
         import psycopg  # only here: it costs more to import than the SQLite lookup takes
         from psycopg.rows import dict_row
 
-        conn = psycopg.connect(
-            location, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True, row_factory=dict_row
-        )
+        from agentguard.store_pg_setup import connect_options
+
+        options = {**connect_options(location), "connect_timeout": CONNECT_TIMEOUT_S}
+        conn = psycopg.connect(location, **options, row_factory=dict_row)
         try:  # read only, as SQLite's mode=ro; a locked table must not hold the prompt either
             conn.execute(
                 f"set statement_timeout = {STATEMENT_TIMEOUT_MS}; "

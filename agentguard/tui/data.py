@@ -455,12 +455,10 @@ class PostgresReader(Reader):
     def __init__(self, url: str, *, home: str | os.PathLike[str] | None = None) -> None:
         from agentguard.store_pg import masked, psycopg
         from agentguard.store_pg_changes import CHANGES_CHANNEL, Listener
+        from agentguard.store_pg_setup import NO_PSYCOPG
 
         if psycopg is None:
-            raise StoreError(
-                "AGENTGUARD_STORE names a PostgreSQL server but psycopg is not installed; "
-                "install agentguard[postgres] (pip install 'agentguard[postgres]')."
-            )
+            raise StoreError(NO_PSYCOPG)
         self.url = url
         self.path = masked(url)
         self._home = home_dir(home)
@@ -539,13 +537,14 @@ class PostgresReader(Reader):
 
     def _connection(self) -> Any:
         """The reading connection, made again if the server dropped it (a restart)."""
-        from agentguard.store_pg import CONNECT_TIMEOUT_S, psycopg
+        from agentguard.store_pg import psycopg
+        from agentguard.store_pg_setup import connect_options
 
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
             self._conn = None
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            conn = psycopg.connect(self.url, **connect_options(self.url))
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             self._conn = conn
