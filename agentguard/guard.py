@@ -209,6 +209,39 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         again, until `hold` seconds after it started. While it waits the run is `waiting` with
         `next_attempt_at` and a `step_held` event says why; every try is one attempt of the
         same step, and a down route gets one probe per cooldown, shared with every agent."""
+        return self._batched(self._plan(request, hold, head, chain, defer_checkpoint, defer_record))
+
+    def _batched(self, plan: StepPlan) -> StepPlan:
+        """`plan` run stretch by stretch, each stretch's writes in one store transaction
+        (`Store.batch`): what a step writes before an action — a call, a wait, a join — is
+        committed, in one commit, before the action is performed."""
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            with self.store.batch():
+                try:
+                    action = plan.send(reply) if error is None else plan.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+            error = None
+            try:
+                reply = yield action
+            except GeneratorExit:
+                with self.store.batch():
+                    plan.close()
+                raise
+            except BaseException as exc:
+                reply, error = None, exc
+
+    def _plan(
+        self,
+        request: StepRequest,
+        hold: float,
+        head: Head | None,
+        chain: Sequence[Route] | None,
+        defer_checkpoint: bool,
+        defer_record: bool,
+    ) -> StepPlan:
         state = self._checkpoint(request, head)
         if defer_record:
             state.unwritten = []
@@ -247,8 +280,9 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
     def _write_held_back(self, state: StepState) -> None:
         writes, state.unwritten = state.unwritten, None
         self._unwritten.pop(state.step_id, None)
-        for write in writes or ():
-            write()
+        with self.store.batch():
+            for write in writes or ():
+                write()
 
     def _write(self, state: StepState, write: Callable[[], Any]) -> None:
         """A served step's own rows: now, or once its answer is handed over (`defer_record`)."""
@@ -267,11 +301,14 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         state = self._deferred.get(step_id)
         if state is None:
             return
+        yield from self._batched(self._join_deferred(state))
+
+    def _join_deferred(self, state: StepState) -> StepPlan:
         try:
             yield from self._join_snapshot(state)
         finally:
             if state.snapshot is None:
-                self._deferred.pop(step_id, None)
+                self._deferred.pop(state.step_id, None)
 
     def _checkpoint(self, request: StepRequest, head: Head | None = None) -> StepState:
         """Store the conversation's new messages and start the working-tree snapshot; `head`

@@ -48,6 +48,13 @@ class StepRecording:
         """A step whose answer was passed on live (the proxy) ends after the step returned:
         record the response the stream added up to, and — when it did not end well — that the
         client went away (`cancelled`) or the stream broke after its first content (`failed`)."""
+        with self.store.batch():
+            self._complete_stream(step_id, final, status, reason)
+        self.tracing.stream_ended(step_id, final, status, reason)
+
+    def _complete_stream(
+        self, step_id: int, final: Served | None, status: str, reason: str | None
+    ) -> None:
         self.record_handed_over(step_id)  # the rows saying it was served come first
         fields: dict[str, Any] = {}
         if final is not None:
@@ -61,7 +68,6 @@ class StepRecording:
             self.event(step_id, f"stream_{status}", reason=reason)
         if fields:
             self.store.update_step(step_id, **fields)
-        self.tracing.stream_ended(step_id, final, status, reason)
 
     def _open_attempt(self, state: StepState, route: Route, number: int, began_at: float) -> int:
         """Write the attempt before it is sent: a crash mid-call still leaves its trace."""
@@ -121,7 +127,8 @@ class StepRecording:
     def _notify(self, info: StepInfo) -> Refuse | None:
         assert self.on_substitution is not None
         try:
-            answer = self.on_substitution(info)
+            with self.store.outside_batch():  # the caller's code may take its time
+                answer = self.on_substitution(info)
         except Refuse as refusal:
             return refusal
         except Exception as exc:

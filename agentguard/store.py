@@ -144,12 +144,22 @@ class Store(StoreReads):
 
     @contextmanager
     def write(self) -> Iterator[Database]:
-        """A write transaction begun IMMEDIATE, so it waits its turn rather than failing."""
+        """A write transaction begun IMMEDIATE, so it waits its turn rather than failing;
+        inside another (a `batch`), a savepoint of it."""
         with self._lock:
             conn = self.db.conn
+            if self._shared.batch and not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")  # the batch's, from its first write to its end
             if conn.in_transaction:
-                with self.db.atomic():
+                conn.execute("SAVEPOINT agentguard_write")
+                try:
                     yield self.db
+                except BaseException:
+                    if conn.in_transaction:  # unless the error ended the whole transaction
+                        conn.execute("ROLLBACK TO agentguard_write")
+                        conn.execute("RELEASE agentguard_write")
+                    raise
+                conn.execute("RELEASE agentguard_write")
                 return
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -158,6 +168,50 @@ class Store(StoreReads):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        self._checkpoint_if_due()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write in the block in one transaction, committed when it ends — also when an
+        exception ends it: each `write()` inside is a savepoint, undone alone if it failed, and
+        what the others wrote was meant. A step's writes between two of its actions (the
+        checkpoint, the budget's row and the attempt before a call; the outcome, the snapshot
+        row and the step's end after it) are one commit instead of three or four, on the
+        request's critical path. The transaction begins with the block's first write: a
+        stretch that only reads never waits for another writer's lock. Nothing slow may run
+        inside: see `outside_batch`."""
+        shared = self._shared
+        with self._lock:
+            conn = self.db.conn
+            if shared.batch or conn.in_transaction:
+                yield
+                return
+            shared.batch = True
+            try:
+                yield
+            finally:
+                shared.batch = False
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        self._checkpoint_if_due()
+
+    @contextmanager
+    def outside_batch(self) -> Iterator[None]:
+        """Commit an open `batch` for the length of the block (a user's callback, which may
+        take its time), so other processes' writers never wait for it; the batch goes on
+        after."""
+        shared = self._shared
+        if not shared.batch:
+            yield
+            return
+        with self._lock:
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("COMMIT")
+            shared.batch = False
+        try:
+            yield
+        finally:
+            shared.batch = True  # the batch's next write begins its next transaction
 
     def transact(self, block: Callable[[Database], T]) -> T:
         """`block(db)` in one write transaction. (PostgreSQL's store runs it again after a
@@ -166,8 +220,15 @@ class Store(StoreReads):
             return block(db)
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts. Straight on the connection: sqlite-utils' `query` wraps each read in
+        a SAVEPOINT and its RELEASE (three statements for one), which a step pays on its
+        critical path (the breaker's row before the call and after it)."""
         with self._lock:
-            return list(self.db.query(sql, params))
+            cursor = self.db.conn.execute(sql, params)
+            if cursor.description is None:
+                raise StoreError(f"Store.query is for reads; this statement returns no rows: {sql}")
+            keys = [d[0] for d in cursor.description]
+            return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -235,24 +296,25 @@ class Store(StoreReads):
     ) -> None:
         """A step's end in one transaction: its row, its run's row and (optionally) the
         outcome of its last attempt — one commit where three would cost three."""
-        with self.write() as db:
-            if attempt is not None:
-                _update(db.conn, "attempts", "id", attempt[0], attempt[1])
-            _update(db.conn, "steps", "id", step_id, step)
-            _update(db.conn, "runs", "id", run_id, run)
-        self._checkpoint_now_and_then()
-
-    def _checkpoint_now_and_then(self) -> None:
-        """Every CHECKPOINT_EVERY_STEPS steps this process ends, move the WAL into the database
-        (PASSIVE: never waits for another connection). A step's end is the quiet moment: the
-        proxy writes it after the answer is on its way, and a step's first writes never pay
-        for a checkpoint (see `_configure`). The last connection to close checkpoints too."""
-        shared = self._shared
         with self._lock:
-            shared.steps_unchecked += 1
-            if shared.steps_unchecked < CHECKPOINT_EVERY_STEPS:
-                return
-            if self.db.conn.in_transaction:  # inside a caller's transaction: at the next end
+            self._shared.steps_unchecked += 1
+            with self.write() as db:
+                if attempt is not None:
+                    _update(db.conn, "attempts", "id", attempt[0], attempt[1])
+                _update(db.conn, "steps", "id", step_id, step)
+                _update(db.conn, "runs", "id", run_id, run)
+
+    def _checkpoint_if_due(self) -> None:
+        """Once CHECKPOINT_EVERY_STEPS steps have ended in this process, after the transaction
+        that ended the last of them, move the WAL into the database (PASSIVE: never waits for
+        another connection). A step's end is the quiet moment: the proxy writes a stream's
+        after its first content is on its way, and a step's first writes never pay for a
+        checkpoint (see `_configure`). The last connection to close checkpoints too."""
+        shared = self._shared
+        if shared.steps_unchecked < CHECKPOINT_EVERY_STEPS:
+            return
+        with self._lock:
+            if self.db.conn.in_transaction:  # inside a caller's transaction: at its end
                 return
             shared.steps_unchecked = 0
             self.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -371,6 +433,7 @@ class _Shared:
     lock: threading.RLock = field(default_factory=threading.RLock)
     users: int = 1
     steps_unchecked: int = 0  # steps ended since this process last checkpointed the WAL
+    batch: bool = False  # a `Store.batch` is open: writes join its transaction
 
 
 _OPEN: dict[str, _Shared] = {}

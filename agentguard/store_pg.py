@@ -194,6 +194,17 @@ class PostgresStore(StoreReads):
             take_write_lock(tx, self._write_key)
             yield tx
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """SQLite's store joins a step's writes into one transaction here; on PostgreSQL each
+        stays its own, so that a lost connection costs one re-run write, never a batch that
+        could not be re-run."""
+        yield
+
+    @contextmanager
+    def outside_batch(self) -> Iterator[None]:
+        yield
+
     def transact(self, block: Callable[[Transaction], T]) -> T:
         """`block(tx)` inside `write()`, run again on a new connection if the server drops
         the one it had (see module). `block` must be safe to run twice: the breaker's and the

@@ -85,7 +85,9 @@ class TreeKeeping:
             return
         future, state.snapshot = state.snapshot, None
         try:
-            snap: Snapshot = yield Join(future)
+            # done already (the provider took longer than the snapshot): no action to yield,
+            # so the step's writes after its answer stay one commit (Guard._batched)
+            snap: Snapshot = future.result() if future.done() else (yield Join(future))
         except Exception as exc:  # a failed snapshot must not fail the model call, but is shown
             log.warning("agentguard: working-tree snapshot failed: %s", exc)
             self.event(state.step_id, "snapshot_failed", error=str(exc))

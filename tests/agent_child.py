@@ -138,21 +138,25 @@ def install_kill(plan: dict[str, Any] | None) -> dict[str, Any]:
     state: dict[str, Any] = {"tool": None}
     if not plan:
         return state
+    import agentguard.wrapping
     from agentguard.guard import Guard
     from agentguard.providers.anthropic import AnthropicProvider
+    from agentguard.providers.dispatch import Dispatcher
     from agentguard.snapshots import ShadowRepo
 
     point, nth, when = plan["point"], int(plan.get("n", 1)), plan.get("when", "before")
-    if point == "checkpoint":  # the step row and its messages are committed, nothing sent yet
+    # A step's writes between two of its actions commit together, just before the action
+    # (Guard._batched): a kill inside that stretch leaves none of them.
+    if point == "checkpoint":  # the step row and its messages written, not yet committed
         _wrap(Guard, "_checkpoint", "after", nth)
-    elif point == "open_attempt":  # the attempt row is committed, the request not yet sent
-        _wrap(Guard, "_open_attempt", "after", nth)
+    elif point == "open_attempt":  # the step and attempt rows committed, the request not sent
+        _wrap(Dispatcher, "send", "before", nth)
     elif point == "record":  # the attempt's outcome arrived but is not recorded
         _wrap(Guard, "_record", "before", nth)
     elif point == "finish":  # served and recorded as an attempt, the step's response not yet
         _wrap(Guard, "_finish", "before", nth)
     elif point == "after_finish":  # the step is recorded; the caller never saw the response
-        _wrap(Guard, "_finish", "after", nth)
+        _wrap(agentguard.wrapping, "drive", "after", nth)
     elif point == "midstream":  # some SSE events read, the rest still on the wire
         _die_midstream(AnthropicProvider, nth, int(plan.get("events", 3)))
     elif point == "git":  # during a snapshot or restore: around one git command

@@ -111,8 +111,10 @@ def _trials() -> list[Trial]:
     for n in (1, 4, 6):
         at(f"before-record-{n}", {"point": "record", "n": n}, in_flight="sent")
     for n in (1, 5):
+        # the attempt's outcome commits with the step's end, unless the step waited for its
+        # snapshot between them (Guard._batched): either pending or recorded, never checked
         kill = {"point": "finish", "n": n}
-        at(f"before-finish-{n}", kill, in_flight="none", resumes="unanswered")
+        at(f"before-finish-{n}", kill, resumes="unanswered")
     for n in (2, 5):
         kill = {"point": "after_finish", "n": n}
         at(f"after-finish-{n}", kill, in_flight="none", resumes="answered")

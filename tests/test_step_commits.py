@@ -1,0 +1,139 @@
+"""A step's writes between two of its actions commit together, just before the action
+(`Guard._batched`, `Store.batch`): one commit before the model call where there were three
+(the checkpoint, the retry budget's row, the attempt), one after the answer where there were
+two or more. What is written before a call is committed — seen by another connection — before
+the provider sees the request; a user's callback runs with no transaction open."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+import agentguard
+from agentguard.errors import StoreError
+from agentguard.store import DB_NAME, Store
+from agentguard.testing import FakeProvider, RecordedRequest, Turn
+from tests.conftest import API_KEY, ATTEMPTS, storm, user
+
+OPUS, SONNET = "claude-opus-4-7", "claude-sonnet-4-6"
+
+
+def commits_of(store: Store) -> list[str]:
+    """Every COMMIT the process's connection to the store runs from now on."""
+    seen: list[str] = []
+    store.db.conn.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+def other_connection(home: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(home / DB_NAME, timeout=0)  # never waits: a lock held is an error
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def test_what_a_step_writes_before_its_call_is_one_commit_seen_before_the_call(
+    project: Path, home: Path, clock: Any
+) -> None:
+    seen_at_call: dict[str, Any] = {}
+
+    def model(request: RecordedRequest) -> Turn:
+        # the provider has the request: what another connection (a watcher, another
+        # process, a crash) finds in the store now
+        with other_connection(home) as conn:
+            seen_at_call["steps"] = [dict(r) for r in conn.execute("select * from steps")]
+            seen_at_call["attempts"] = [dict(r) for r in conn.execute("select * from attempts")]
+            seen_at_call["messages"] = conn.execute("select count(*) from messages").fetchone()[0]
+            seen_at_call["traffic"] = conn.execute("select count(*) from route_traffic").fetchone()
+        seen_at_call["commits"] = len(commits)
+        return Turn(text="fixed")
+
+    with FakeProvider(model) as fake:
+        client = agentguard.wrap(
+            anthropic.Anthropic(base_url=fake.base_url, api_key=API_KEY),
+            project=project,
+            clock=clock,
+            snapshots=False,  # no snapshot join between the answer and the step's end
+        )
+        store = Store.open(home)
+        commits = commits_of(store)
+        message = client.messages.create(model=OPUS, max_tokens=64, messages=[user("fix the bug")])
+        total = len(commits)
+        client.agentguard.close()
+    assert message.content[0].text == "fixed"
+    [step] = seen_at_call["steps"]
+    [attempt] = seen_at_call["attempts"]
+    assert step["status"] == "pending" and seen_at_call["messages"] == 1
+    assert attempt["step_id"] == step["id"] and attempt["outcome"] == "pending"
+    assert seen_at_call["traffic"][0] == 1  # the retry budget's row
+    assert seen_at_call["commits"] == 1  # the step, its message, the budget, the attempt
+    assert total == 2  # then the outcome and the step's end, together
+    rows = Store.open(home).attempts(step["id"])
+    assert [r["outcome"] for r in rows] == ["ok"]
+    assert Store.open(home).get_step(step["id"])["status"] == "ok"
+
+
+def test_a_callback_runs_with_no_transaction_open(fake: FakeProvider, guarded: Any, home: Path):
+    """`on_substitution` is the user's code, and may take its time (ask someone): the step's
+    batch is committed while it runs, so another process can write meanwhile."""
+    fake.script(*storm(), model=OPUS)
+    wrote: list[str] = []
+
+    def on_substitution(info: Any) -> None:
+        with other_connection(home) as conn:  # timeout 0: fails at once if a lock is held
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("insert into events (run_id, kind, at) values ('x', 'probe', 0)")
+            conn.execute("ROLLBACK")
+        wrote.append(info.served_model)
+
+    client = guarded(
+        chain=[f"anthropic:{OPUS}", f"anthropic:{SONNET}"], on_substitution=on_substitution
+    )
+    message = client.messages.create(model=OPUS, max_tokens=64, messages=[user("fix it")])
+    assert agentguard.info(message).served_model == SONNET
+    assert wrote == [SONNET]
+    assert len(Store.open(home).attempts(agentguard.info(message).step_id)) == ATTEMPTS + 1
+
+
+def test_a_failed_write_inside_a_batch_is_undone_alone(tmp_path: Path) -> None:
+    store = Store(tmp_path / DB_NAME)
+    store.insert_run({"id": "r", "status": "running", "created_at": 1.0, "updated_at": 1.0})
+    with pytest.raises(RuntimeError, match="the step broke"), store.batch():
+        store.insert_event("r", "kept", {}, at=2.0, step_id=None)
+        with pytest.raises(sqlite3.IntegrityError), store.write() as db:
+            db.conn.execute("insert into events (run_id, kind, at) values ('r', 'half', 3)")
+            db.conn.execute("insert into runs (id) values ('r')")  # a duplicate key
+        raise RuntimeError("the step broke")  # after the writes: what they wrote was meant
+    with other_connection(tmp_path) as conn:
+        kinds = [r["kind"] for r in conn.execute("select kind from events order by id")]
+    assert kinds == ["kept"]
+    assert not store.db.conn.in_transaction
+    store.close()
+
+
+def test_query_is_for_reads(tmp_path: Path) -> None:
+    store = Store(tmp_path / DB_NAME)
+    with pytest.raises(StoreError, match="for reads"):
+        store.query("create table t (x)")
+    assert store.query("select 1 as one") == [{"one": 1}]
+    store.close()
+
+
+def test_the_wal_is_still_checkpointed_when_steps_end_inside_batches(tmp_path: Path) -> None:
+    """The step ends inside a batch now; the WAL checkpoint that was due runs when it commits
+    (without it the WAL grows ~29 MB over these steps)."""
+    store = Store(tmp_path / DB_NAME)
+    store.insert_run({"id": "r", "status": "running", "created_at": 1.0, "updated_at": 1.0})
+    big = [{"position": 0, "role": "user", "content": json.dumps("x" * 3000), "sha": "s"}]
+    for i in range(1000):
+        with store.batch():
+            step = {"run_id": "r", "status": "running", "started_at": float(i), "request": "q"}
+            step_id, _ = store.begin_step(step, big, None)
+        with store.batch():
+            store.finish_step(step_id, {"status": "ok"}, "r", {"updated_at": float(i)})
+    assert (tmp_path / f"{DB_NAME}-wal").stat().st_size < 4_000_000
+    store.close()
