@@ -123,6 +123,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         self._head = Head()
         self._last_status = "running"
         self._held: set[int] = set()  # steps waiting in hold mode (the run shows `waiting`)
+        self._starting: list[StepState] = []
         self._deferred: dict[int, StepState] = {}  # served steps whose snapshot is still running
         self._unwritten: dict[int, StepState] = {}  # served steps whose rows wait (defer_record)
         self._executor = ThreadPoolExecutor(
@@ -218,11 +219,14 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         reply: Any = None
         error: BaseException | None = None
         while True:
-            with self.store.batch():
-                try:
-                    action = plan.send(reply) if error is None else plan.throw(error)
-                except StopIteration as stop:
-                    return stop.value
+            try:
+                with self.store.batch():
+                    try:
+                        action = plan.send(reply) if error is None else plan.throw(error)
+                    except StopIteration as stop:
+                        return stop.value
+            finally:
+                self._start_pending_snapshots()
             error = None
             try:
                 reply = yield action
@@ -337,8 +341,8 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         head.step_id, head.objects, head.shas = step_id, conv.objects, conv.shas
         state = StepState(number, step_id, request, started_mono)
         if self.shadow is not None:
-            # started by `_start_snapshot` once the step's first attempt is written, just
-            # before it is sent: the snapshot thread then never competes with those writes
+            # started once the step's first attempt is committed, just before it is sent
+            # (`_snapshot_before_next_action`): the snapshot never competes with those writes
             ref = f"refs/agentguard/runs/{self.run_id}/steps/{number}"
             state.snapshot_job = (f"agentguard run {self.run_id} step {number}", ref)
         return state
@@ -386,7 +390,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
                     transient.append(failure)
             wait = self._until_next_probe(cooling)
             if not held and wait is not None and wait <= state.time_left(self.policy, self.clock):
-                self._start_snapshot(state)  # the tree as the step began, not after the wait
+                self._snapshot_before_next_action(state)  # the tree as the step began
                 yield Sleep(wait)
                 state.slept = wait
                 candidates = cooling
@@ -398,7 +402,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
                         held = True
                         self._begin_hold(state, failed, hold)
                     self._holding(state, wait)
-                    self._start_snapshot(state)
+                    self._snapshot_before_next_action(state)
                     yield Hold(wait)
                     state.slept = wait
                     candidates = [*cooling, *(f.route for f in transient)]
@@ -423,7 +427,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             began_at, began = self.clock.now(), self.clock.monotonic()
             state.attempt_row = self._open_attempt(state, route, number, began_at)
             state.in_flight = True
-            self._start_snapshot(state)
+            self._snapshot_before_next_action(state)
             ok, result = yield Call(route, number)
             latency = self.clock.monotonic() - began
             when = attempt_timing(number, route, began_at, state.slept, latency)

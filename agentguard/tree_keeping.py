@@ -72,6 +72,19 @@ class TreeKeeping:
         git = self._git_reader.read(snapshot_tree=snap.tree, complete=not snap.skipped)
         return Checkpoint(**kept, git=git)
 
+    _starting: list[StepState]  # snapshots to start once the stretch's writes are committed
+
+    def _snapshot_before_next_action(self, state: StepState) -> None:
+        """Start the step's snapshot just before its next action (a call, a wait), after the
+        writes before it are committed (`Guard._batched`): the snapshot thread and its git
+        processes then never compete with that commit on the request's critical path."""
+        if state.snapshot_job is not None:
+            self._starting.append(state)
+
+    def _start_pending_snapshots(self) -> None:
+        while self._starting:
+            self._start_snapshot(self._starting.pop())
+
     def _start_snapshot(self, state: StepState) -> None:
         """Submit the step's checkpoint snapshot, once (see `Guard._checkpoint`)."""
         job, state.snapshot_job = state.snapshot_job, None

@@ -234,3 +234,23 @@ def test_opening_a_new_sessions_run_never_blocks_the_event_loop(
         assert waiting.result(timeout=30).status_code == 200
     runs = Store.open(home).query("select name from runs order by created_at")
     assert len(runs) == 2
+
+
+def test_a_conversation_keeps_its_key_whether_its_first_message_is_hashed_or_remembered() -> None:
+    """The key of a later turn comes from comparing its first message with those seen last
+    (no re-hash); it must be the key hashing gives: cache markers ignored, content not."""
+    from agentguard.proxy import sessions
+
+    first = {"role": "user", "content": [{"type": "text", "text": "fix the test " * 500}]}
+    marked = json.loads(json.dumps(first))
+    marked["content"][0]["cache_control"] = {"type": "ephemeral"}
+    other = json.loads(json.dumps(first))
+    other["content"][0]["text"] += "!"
+    sessions._RECENT_FIRSTS.clear()
+    hashed = sessions.conversation_key({"messages": [first]})
+    remembered = sessions.conversation_key({"messages": [json.loads(json.dumps(first)), "x"]})
+    assert remembered == hashed and len(sessions._RECENT_FIRSTS) == 1  # the second: no hash
+    assert sessions.conversation_key({"messages": [marked]}) == hashed
+    assert sessions.conversation_key({"messages": [other]}) != hashed
+    sessions._RECENT_FIRSTS.clear()
+    assert sessions.conversation_key({"messages": [json.loads(json.dumps(first))]}) == hashed

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,8 +55,26 @@ def conversation_key(body: dict[str, Any]) -> str:
     later turn of it repeats. The system prompt is left out: Claude Code's changes between
     turns of one conversation (tests/fixtures/claude-code-2.1.330-requests.json)."""
     messages = body.get("messages") or []
-    first = message_sha(messages[0])[0] if messages else ""
-    return hashlib.sha256(first.encode()).hexdigest()[:16]
+    if not messages:
+        return _key("")
+    first = messages[0]
+    for seen, key in _RECENT_FIRSTS:  # a later turn: comparing its first message is cheaper
+        if type(first) is dict and first == seen:  # than hashing it again (tens of KB)
+            return key
+    key = _key(message_sha(first)[0])
+    if type(first) is dict:
+        _RECENT_FIRSTS.appendleft((first, key))
+    return key
+
+
+def _key(first_sha: str) -> str:
+    return hashlib.sha256(first_sha.encode()).hexdigest()[:16]
+
+
+# The first messages of the conversations seen last (a proxy parses every request anew, so
+# equal messages are new objects): Claude Code interleaves a few — the main agent, sub-agents,
+# side requests.
+_RECENT_FIRSTS: deque[tuple[dict[str, Any], str]] = deque(maxlen=8)
 
 
 class Sessions:
