@@ -58,12 +58,13 @@ def conversation_key(body: dict[str, Any]) -> str:
     if not messages:
         return _key("")
     first = messages[0]
+    if type(first) is not dict:
+        return _key(message_sha(first)[0])
     for seen, key in _RECENT_FIRSTS:  # a later turn: comparing its first message is cheaper
-        if type(first) is dict and first == seen:  # than hashing it again (tens of KB)
+        if first == seen:  # than hashing it again (tens of KB)
             return key
     key = _key(message_sha(first)[0])
-    if type(first) is dict:
-        _RECENT_FIRSTS.appendleft((first, key))
+    _RECENT_FIRSTS.appendleft((first, key))
     return key
 
 
