@@ -153,7 +153,7 @@ def install_kill(plan: dict[str, Any] | None) -> dict[str, Any]:
         _wrap(Dispatcher, "send", "before", nth)
     elif point == "record":  # the attempt's outcome arrived but is not recorded
         _wrap(Guard, "_record", "before", nth)
-    elif point == "finish":  # served and recorded as an attempt, the step's response not yet
+    elif point == "finish":  # served; its outcome committed only if a join came between
         _wrap(Guard, "_finish", "before", nth)
     elif point == "after_finish":  # the step is recorded; the caller never saw the response
         _wrap(agentguard.wrapping, "drive", "after", nth)
