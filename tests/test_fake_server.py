@@ -290,13 +290,27 @@ def test_midstream_error_without_a_stream_is_an_error_response(fake: FakeProvide
     assert [r.reply for r in fake.requests] == ["error:529", "error:500"]
 
 
-def test_anthropic_dropped_stream_raises_raw_httpx2_remote_protocol_error(fake: FakeProvider):
+def under_the_sdk(caught: BaseException) -> BaseException:
+    """What broke beneath the anthropic SDK: from 2.17 it wraps a failed read of a stream in
+    APIConnectionError (APITimeoutError for a timeout), the httpx2 error as its cause; earlier
+    releases let the httpx2 error through. agentguard's classify reads either."""
+    if isinstance(caught, anthropic.APIConnectionError):
+        assert caught.__cause__ is not None
+        return caught.__cause__
+    return caught
+
+
+def test_anthropic_dropped_stream_is_an_httpx2_remote_protocol_error_beneath(fake: FakeProvider):
     fake.script(drop(after_events=4))
     stream = ask(claude(fake), stream=True)  # headers arrived: the SDK returned a Stream
     received: list[str] = []
-    with pytest.raises(httpx2.RemoteProtocolError, match="incomplete chunked read"):
+    with pytest.raises((httpx2.RemoteProtocolError, anthropic.APIConnectionError)) as caught:
         for event in stream:
             received.append(event.type)
+    beneath = under_the_sdk(caught.value)
+    assert isinstance(beneath, httpx2.RemoteProtocolError)
+    assert "incomplete chunked read" in str(beneath)
+    assert not isinstance(caught.value, anthropic.APITimeoutError)
     assert received == ["message_start", "content_block_start", "content_block_delta"]
     assert fake.requests[0].reply == "drop"
 
@@ -321,13 +335,14 @@ def test_stall_before_headers_is_an_api_timeout_error(fake: FakeProvider) -> Non
     assert time.monotonic() - started < 2
 
 
-def test_stall_mid_stream_is_a_raw_read_timeout(fake: FakeProvider) -> None:
+def test_stall_mid_stream_is_a_read_timeout_beneath(fake: FakeProvider) -> None:
     fake.script(stall(after_events=1))
     stream = ask(claude(fake, timeout=0.3), stream=True)
     received: list[str] = []
-    with pytest.raises(httpx2.ReadTimeout):
+    with pytest.raises((httpx2.ReadTimeout, anthropic.APITimeoutError)) as caught:
         for event in stream:
             received.append(event.type)
+    assert isinstance(under_the_sdk(caught.value), httpx2.ReadTimeout)
     assert received == ["message_start"] and fake.requests[0].reply == "stall"
 
 
@@ -390,7 +405,7 @@ def test_stop_does_not_hang_on_stalled_connections() -> None:
     second.join(5)
     assert not first.is_alive() and not second.is_alive()
     assert [type(e) for e in raised_1] == [anthropic.APIConnectionError]
-    assert [type(e) for e in raised_2] == [httpx2.RemoteProtocolError]
+    assert [type(under_the_sdk(e)) for e in raised_2] == [httpx2.RemoteProtocolError]
     fake.stop()  # idempotent
 
 
