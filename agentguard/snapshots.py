@@ -52,6 +52,7 @@ from agentguard.shadow.model import (
     SkippedPath,
     Snapshot,
 )
+from agentguard.shadow.private_index import index_folder, private_index
 from agentguard.shadow.worktree import REPO, obstacle, user_exclude_file
 
 try:  # pragma: no cover - Windows has no fcntl; there only the in-process lock applies
@@ -121,7 +122,7 @@ class ShadowRepo:
         self._git = git
         self._max_file_bytes = max_file_bytes
         self._git_dir = self._store / "repo.git"
-        self._index = self._store / "index"
+        self._index = private_index(self._store)
         self._root = os.fsencode(self._project)
         self._env = git_env(self._git_dir, self._project, self._index)
         self._synced_exclude: bytes | None = None
@@ -247,6 +248,7 @@ class ShadowRepo:
                 f"Project folder {self._project} no longer exists; "
                 "recreate it or start a new run on the folder your agent edits."
             )
+        self._check_index_folder()
         rules_changed = self._sync_exclude()
         self._clear_stale_locks()
         secrets_fingerprint = None if self._secrets_checked else self._secrets_changed()
@@ -528,6 +530,14 @@ class ShadowRepo:
         if "[agentguard]" not in current:
             write_atomic(config, (current + STORE_CONFIG).encode())
         write_atomic(attributes, STORE_ATTRIBUTES.encode())
+
+    def _check_index_folder(self) -> None:
+        """The private index's folder, outside the store, is still only ours (see
+        shadow.private_index); if not, or gone for good, the index goes back into the store."""
+        if self._index.parent != self._store and index_folder() != self._index.parent:
+            self._index = self._store / "index"
+            self._env = {**self._env, "GIT_INDEX_FILE": str(self._index)}
+            self._last = None
 
     def _clear_stale_locks(self) -> None:
         # We hold the store's lock, so any git lock file left here is from a killed process.

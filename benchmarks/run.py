@@ -16,6 +16,7 @@ from benchmarks import (
     goodput,
     proxy,
     resume,
+    snapshot_tail,
     statusline,
     store_throughput,
     tui_scale,
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (1_000, 10_000) if args.quick else checkpoint.SIZES
     parts = [
         ("checkpoint", lambda: checkpoint.main(sizes)),
+        ("snapshot_tail", lambda: snapshot_tail.main(150 if args.quick else snapshot_tail.ROUNDS)),
         ("conversation", conversation.main),
         ("resume", resume.main),
         ("tui_scale", lambda: tui_scale.main(["--runs", "1000"] if args.quick else [])),

@@ -70,6 +70,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own AGENTGUARD_HOME: nothing is written to the real data folder."""
     path = tmp_path / "agentguard-home"
     monkeypatch.setenv("AGENTGUARD_HOME", str(path))
+    # the shadow stores' private indexes too (by default in /dev/shm; tests/test_private_index.py)
+    monkeypatch.setenv("AGENTGUARD_INDEX_DIR", str(tmp_path / "private-indexes"))
     return path
 
 

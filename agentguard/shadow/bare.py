@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agentguard.errors import SnapshotError
 from agentguard.shadow.gitenv import failure, git_env
+from agentguard.shadow.private_index import private_index
 
 
 class BareGit:
@@ -23,7 +24,7 @@ class BareGit:
         self.exe = exe
         self.store_dir = store_dir
         self.git_dir = store_dir / "repo.git"
-        env = git_env(self.git_dir, store_dir, store_dir / "index")
+        env = git_env(self.git_dir, store_dir, private_index(store_dir))
         del env["GIT_WORK_TREE"]  # never point git at the project
         self.env = env
 

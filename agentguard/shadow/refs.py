@@ -4,9 +4,12 @@ logged in the ref's reflog, as git's `core.logAllRefUpdates = always` would."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agentguard.shadow.gitenv import HEAD_REF, IDENTITY, ZERO_OID
@@ -44,10 +47,42 @@ def write_loose(
             lock = path.with_name(f"{path.name}.lock")
             lock.write_text(f"{commit}\n", encoding="ascii")
             _log(git_dir, name, olds.get(name) or ZERO_OID, commit, message)
-            os.replace(lock, path)
+            _move_into_place(lock, path)
     except OSError:
         return False
     return True
+
+
+def _move_into_place(lock: Path, path: Path) -> None:
+    """`os.replace(lock, path)`, but where the kernel can, as an atomic exchange of the two
+    files followed by removing the old one: renaming over an existing file makes ext4 write
+    the new one out first, and on a busy disk that holds the rename (and the snapshot, and the
+    agent's answer waiting for it) for 100 ms or more now and then; an exchange does not. A
+    process killed between the two steps leaves the old value in `path`.lock, which the next
+    snapshot clears as a stale lock."""
+    exchange = _exchange if path.exists() else None
+    if exchange and exchange(-100, os.fsencode(lock), -100, os.fsencode(path), _EXCHANGE) == 0:
+        lock.unlink(missing_ok=True)
+        return
+    os.replace(lock, path)  # no such call here, or a file system without it
+
+
+def _renameat2() -> Callable[..., int] | None:
+    """glibc's renameat2 (Linux ≥ 3.15), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    function.argtypes += [ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_EXCHANGE = 2  # RENAME_EXCHANGE in linux/fs.h; -100 above is AT_FDCWD
+_exchange = _renameat2()
 
 
 def reflog_message(message: str) -> str:

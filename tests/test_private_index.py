@@ -1,0 +1,181 @@
+"""The shadow store's private index lives outside the store, in memory-backed storage
+(agentguard.shadow.private_index): every way that folder can go wrong — gone after a reboot or a
+logout, opened to others, owned by someone else, a symlink, not set at all — still gives
+correct snapshots, and a store made before the move keeps its index instead of re-reading
+every file. The head ref is replaced by an exchange (agentguard.shadow.refs), leaving no lock."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentguard.shadow import refs
+from agentguard.shadow.bare import BareGit
+from agentguard.shadow.private_index import (
+    INDEX_DIR_ENV,
+    SHARED_MEMORY,
+    index_folder,
+    private_index,
+)
+from agentguard.snapshots import HEAD_REF, ShadowRepo
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not SHARED_MEMORY.is_dir(), reason="needs /dev/shm"
+)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    for n in range(30):
+        path = root / f"pkg{n % 3}" / f"file{n}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"value = {n}\n")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "indexes"
+    monkeypatch.setenv(INDEX_DIR_ENV, str(path))
+    return path
+
+
+def files_in(shadow: ShadowRepo, commit: str) -> dict[str, bytes]:
+    return {name: shadow.read_file(commit, name) for name in shadow.files(commit)}
+
+
+@linux_only
+def test_by_default_the_index_is_in_a_private_folder_in_shared_memory(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(INDEX_DIR_ENV)
+    store = tmp_path / "store"
+    shadow = ShadowRepo(tree, store)
+    index = private_index(store)
+    try:
+        snap = shadow.snapshot()
+        assert index.parent == SHARED_MEMORY / f"agentguard-{os.getuid()}"
+        assert index.is_file() and not (store / "index").exists()
+        assert not index.parent.stat().st_mode & 0o077  # only this user can read it
+        assert len(shadow.files(snap.commit)) == 30
+        # gc (retention) names the same index, so what it references stays in the store
+        assert BareGit(store, purpose="test").env["GIT_INDEX_FILE"] == str(index)
+    finally:
+        index.unlink(missing_ok=True)
+
+
+def test_a_store_made_before_the_move_keeps_its_index(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    monkeypatch.setenv(INDEX_DIR_ENV, "")  # the old place: inside the store
+    first = ShadowRepo(tree, store).snapshot()
+    old = (store / "index").read_bytes()
+
+    monkeypatch.setenv(INDEX_DIR_ENV, str(tmp_path / "indexes"))
+    shadow = ShadowRepo(tree, store)
+    assert private_index(store).read_bytes() == old and not (store / "index").exists()
+    (tree / "pkg0" / "file0.py").write_text("value = 'edited'\n")
+    second = shadow.snapshot()
+    # only the edited file was read: with an empty index every file would count as changed
+    assert second.changed == 1 and second.parent == first.commit
+
+
+def test_an_index_lost_with_its_folder_costs_one_full_snapshot(tree: Path, folder: Path) -> None:
+    shadow = ShadowRepo(tree, folder.parent / "store")
+    first = shadow.snapshot()
+    shutil.rmtree(folder)  # a reboot, or systemd removing the user's /dev/shm files at logout
+    (tree / "pkg1" / "file1.py").write_text("value = 'after the reboot'\n")
+
+    second = shadow.snapshot()
+
+    assert second.parent == first.commit
+    assert second.changed == 30  # every file read again: the index was gone
+    got = files_in(shadow, second.commit)
+    assert got["pkg1/file1.py"] == b"value = 'after the reboot'\n" and len(got) == 30
+    assert not folder.stat().st_mode & 0o077
+    third = shadow.snapshot()
+    assert third.changed == 0 and third.tree == second.tree
+
+
+def test_a_folder_opened_to_others_is_left_for_the_store_mid_run(tree: Path, folder: Path) -> None:
+    store = folder.parent / "store"
+    shadow = ShadowRepo(tree, store)
+    first = shadow.snapshot()
+    folder.chmod(0o777)  # anyone could now read it, or swap in an index of their own
+    (tree / "pkg2" / "file2.py").write_text("value = 'edited'\n")
+
+    second = shadow.snapshot()
+
+    assert (store / "index").is_file()  # the index went back into the store
+    assert second.parent == first.commit
+    assert files_in(shadow, second.commit)["pkg2/file2.py"] == b"value = 'edited'\n"
+    assert index_folder() is None and private_index(store) == store / "index"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_a_folder_someone_else_owns_is_never_used(tree: Path, folder: Path) -> None:
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 4242, -1)
+    store = folder.parent / "store"
+    snap = ShadowRepo(tree, store).snapshot()
+    assert (store / "index").is_file() and not any(folder.iterdir())
+    assert len(ShadowRepo(tree, store).files(snap.commit)) == 30
+
+
+def test_a_symlink_in_the_folders_place_is_never_followed(
+    tree: Path, folder: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    folder.symlink_to(elsewhere)
+    store = tmp_path / "store"
+    ShadowRepo(tree, store).snapshot()
+    assert (store / "index").is_file() and not any(elsewhere.iterdir())
+
+
+def test_the_head_ref_moves_without_leaving_a_lock(tree: Path, folder: Path) -> None:
+    store = folder.parent / "store"
+    shadow = ShadowRepo(tree, store)
+    commits = [shadow.snapshot(ref=f"refs/agentguard/runs/r/steps/{n}").commit for n in range(3)]
+    git_dir = store / "repo.git"
+    assert (git_dir / HEAD_REF).read_text().strip() == commits[-1]
+    assert not list(git_dir.glob("refs/**/*.lock"))
+    log = subprocess.run(
+        ["git", "--git-dir", str(git_dir), "reflog", "show", "--format=%H", HEAD_REF],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert log == commits[::-1]
+
+
+def test_a_process_killed_between_the_exchange_and_the_unlink_leaves_nothing_stuck(
+    tree: Path, folder: Path
+) -> None:
+    store = folder.parent / "store"
+    shadow = ShadowRepo(tree, store)
+    first = shadow.snapshot()
+    # after the exchange the lock file holds the head's previous value until it is removed
+    Path(f"{store / 'repo.git' / HEAD_REF}.lock").write_text(f"{first.parent or first.commit}\n")
+    (tree / "pkg0" / "file3.py").write_text("value = 'next'\n")
+    second = shadow.snapshot()
+    assert second.parent == first.commit
+    assert (store / "repo.git" / HEAD_REF).read_text().strip() == second.commit
+
+
+def test_without_the_exchange_call_the_ref_is_renamed_into_place(
+    tree: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(refs, "_exchange", None)  # another OS, or a libc without renameat2
+    store = folder.parent / "store"
+    shadow = ShadowRepo(tree, store)
+    first, second = shadow.snapshot(), shadow.snapshot()
+    assert second.parent == first.commit
+    assert (store / "repo.git" / HEAD_REF).read_text().strip() == second.commit
