@@ -341,9 +341,7 @@ class ProxyServer:
     ) -> web.StreamResponse:
         """Write the stream to the client as it comes; record how it ended. `held`: the
         response already started (with pings) while the step was held."""
-        response = held or web.StreamResponse(
-            status=stream.status, headers=_headers(stream.headers)
-        )
+        response = held or FirstBytesReady(status=stream.status, headers=_headers(stream.headers))
         if held is None:
             for name, value in marks:
                 response.headers[name] = value
@@ -384,6 +382,15 @@ class ProxyServer:
                 )
             await stream.aclose()
         return response
+
+
+class FirstBytesReady(web.StreamResponse):
+    """A stream whose first bytes are ready as it starts (the held prelude and the first
+    content): its headers go out with them in one write — one send and one wake-up of the
+    client fewer before its first token. aiohttp sends a stream's headers on their own unless
+    told so (its `web.Response` always coalesces them with the body)."""
+
+    _send_headers_immediately = False
 
 
 async def _send_translated(
