@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agentguard.shadow import private_index as private_index_module
 from agentguard.shadow import refs
 from agentguard.shadow.bare import BareGit
 from agentguard.shadow.private_index import (
@@ -179,3 +180,20 @@ def test_without_the_exchange_call_the_ref_is_renamed_into_place(
     first, second = shadow.snapshot(), shadow.snapshot()
     assert second.parent == first.commit
     assert (store / "repo.git" / HEAD_REF).read_text().strip() == second.commit
+
+
+def test_a_nearly_full_folder_is_left_for_the_store(
+    tree: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = folder.parent / "store"
+    shadow = ShadowRepo(tree, store)
+    first = shadow.snapshot()
+    assert not (store / "index").exists()
+    # as if the folder's file system (a container's 64 MB /dev/shm) had filled up
+    monkeypatch.setattr(private_index_module, "MIN_FREE_BYTES", 1 << 62)
+    (tree / "pkg1" / "file4.py").write_text("value = 'edited'\n")
+
+    second = shadow.snapshot()
+
+    assert (store / "index").is_file() and second.parent == first.commit
+    assert files_in(shadow, second.commit)["pkg1/file4.py"] == b"value = 'edited'\n"

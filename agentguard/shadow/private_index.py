@@ -23,6 +23,10 @@ from pathlib import Path
 
 INDEX_DIR_ENV = "AGENTGUARD_INDEX_DIR"
 SHARED_MEMORY = Path("/dev/shm")
+# Below this much free space the folder is not used: a container's /dev/shm can be as small
+# as 64 MB, and an index that cannot be written fails every snapshot, where the store's
+# disk has room.
+MIN_FREE_BYTES = 32 * 1024 * 1024
 
 
 def private_index(store_dir: Path, *, shared_memory: Path = SHARED_MEMORY) -> Path:
@@ -40,9 +44,10 @@ def private_index(store_dir: Path, *, shared_memory: Path = SHARED_MEMORY) -> Pa
 def index_folder(shared_memory: Path = SHARED_MEMORY) -> Path | None:
     """A folder only this user can write for private indexes, or None (keep them in stores).
 
-    Checked on every snapshot (one lstat): a folder in a world-writable place that someone
-    else made, or made open to others, is never used — an index written there could be read,
-    or replaced with one that makes a snapshot record the wrong content.
+    Checked on every snapshot (an lstat and a statvfs): a folder in a world-writable place
+    that someone else made, or made open to others, is never used — an index written there
+    could be read, or replaced with one that makes a snapshot record the wrong content — nor
+    one with less than MIN_FREE_BYTES free.
     """
     chosen = os.environ.get(INDEX_DIR_ENV)
     if chosen is not None:
@@ -59,7 +64,10 @@ def _own_folder(folder: Path) -> Path | None:
     except OSError:
         return None
     mine = info.st_uid == os.getuid() and not info.st_mode & 0o077
-    return folder if stat.S_ISDIR(info.st_mode) and mine else None
+    if not (stat.S_ISDIR(info.st_mode) and mine):
+        return None
+    space = os.statvfs(folder)
+    return folder if space.f_bavail * space.f_frsize >= MIN_FREE_BYTES else None
 
 
 def _adopt(old: Path, new: Path) -> None:
