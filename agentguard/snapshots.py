@@ -52,7 +52,7 @@ from agentguard.shadow.model import (
     SkippedPath,
     Snapshot,
 )
-from agentguard.shadow.private_index import index_folder, private_index
+from agentguard.shadow.private_index import choose_index
 from agentguard.shadow.worktree import REPO, obstacle, user_exclude_file
 
 try:  # pragma: no cover - Windows has no fcntl; there only the in-process lock applies
@@ -122,7 +122,8 @@ class ShadowRepo:
         self._git = git
         self._max_file_bytes = max_file_bytes
         self._git_dir = self._store / "repo.git"
-        self._index = private_index(self._store)
+        self._index = self._store / "index"  # until the store is made: see _use_recorded_index
+        self._ready = False
         self._root = os.fsencode(self._project)
         self._env = git_env(self._git_dir, self._project, self._index)
         self._synced_exclude: bytes | None = None
@@ -144,6 +145,8 @@ class ShadowRepo:
         self._global_excludes = global_excludes_file(git, self._store)
         with self._locked():
             self._ensure_store()
+            self._ready = True
+            self._use_recorded_index()
         # Loose ref files are only ours to write while the store uses git's files backend.
         self._loose_refs = not (self._git_dir / "reftable").exists()
 
@@ -248,7 +251,6 @@ class ShadowRepo:
                 f"Project folder {self._project} no longer exists; "
                 "recreate it or start a new run on the folder your agent edits."
             )
-        self._check_index_folder()
         rules_changed = self._sync_exclude()
         self._clear_stale_locks()
         secrets_fingerprint = None if self._secrets_checked else self._secrets_changed()
@@ -467,7 +469,13 @@ class ShadowRepo:
         if loose is not None:
             return loose
         result = self._run(["rev-parse", "--verify", "--quiet", HEAD_REF], check=False)
-        return result.stdout.decode().strip() or None
+        found = result.stdout.decode().strip()
+        if found:
+            return found
+        # an empty or torn head file (a power loss before it was written out): its reflog's
+        # last line says where it pointed, if that commit is here
+        tip = refs.reflog_tip(self._git_dir, HEAD_REF)
+        return tip if tip is not None and self.has_commit(tip) else None
 
     # -- restore ----------------------------------------------------------------------------
 
@@ -531,12 +539,14 @@ class ShadowRepo:
             write_atomic(config, (current + STORE_CONFIG).encode())
         write_atomic(attributes, STORE_ATTRIBUTES.encode())
 
-    def _check_index_folder(self) -> None:
-        """The private index's folder, outside the store, is still only ours (see
-        shadow.private_index); if not, or gone for good, the index goes back into the store."""
-        if self._index.parent != self._store and index_folder() != self._index.parent:
-            self._index = self._store / "index"
-            self._env = {**self._env, "GIT_INDEX_FILE": str(self._index)}
+    def _use_recorded_index(self) -> None:
+        """The private index the store records as in use, or a new one if this process would
+        keep it elsewhere (see shadow.private_index); under the store's lock, before every
+        use of the index, since another process may have moved it."""
+        index = choose_index(self._store)
+        if index != self._index:
+            self._index = index
+            self._env = {**self._env, "GIT_INDEX_FILE": str(index)}
             self._last = None
 
     def _clear_stale_locks(self) -> None:
@@ -551,6 +561,8 @@ class ShadowRepo:
             try:
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_EX)
+                if self._ready:
+                    self._use_recorded_index()
                 yield
             finally:
                 os.close(fd)  # closing releases the flock

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agentguard.shadow.private_index import INDEX_DIR_ENV, index_folder, private_index
+from agentguard.shadow.private_index import INDEX_DIR_ENV, index_folder, index_in_use
 from agentguard.snapshots import ShadowRepo
 from benchmarks.common import Report, agent_step_edit, make_repo
 
@@ -31,24 +31,21 @@ SLOW_MS = 100.0
 
 
 def stores(project: Path, workdir: Path) -> dict[str, ShadowRepo]:
-    """The two stores: the old place (env set and empty: inside the store), then the default."""
-    saved = os.environ.pop(INDEX_DIR_ENV, None)
-    try:
-        os.environ[INDEX_DIR_ENV] = ""
-        on_disk = ShadowRepo(project, workdir / "store-disk")
-        del os.environ[INDEX_DIR_ENV]
-        if index_folder() is None:
-            raise SystemExit("set-up: this machine has no /dev/shm folder for private indexes")
-        in_memory = ShadowRepo(project, workdir / "store-memory")
-    finally:
-        if saved is not None:
-            os.environ[INDEX_DIR_ENV] = saved
+    """The two stores: the old place (env set and empty: inside the store), then the default
+    (env unset for the whole run: `main` takes it away)."""
+    os.environ[INDEX_DIR_ENV] = ""
+    on_disk = ShadowRepo(project, workdir / "store-disk")
+    del os.environ[INDEX_DIR_ENV]
+    if index_folder() is None:
+        raise SystemExit("set-up: this machine has no /dev/shm folder for private indexes")
+    in_memory = ShadowRepo(project, workdir / "store-memory")
     return {"index in the store (disk)": on_disk, "index in /dev/shm": in_memory}
 
 
 def main(rounds: int = ROUNDS) -> Report:
     report = Report()
     workdir = Path(tempfile.mkdtemp(prefix="agentguard-bench-tail-"))
+    saved = os.environ.pop(INDEX_DIR_ENV, None)  # the default place is what is measured
     try:
         project = make_repo(workdir / "project", FILES)
         repos = stores(project, workdir)
@@ -63,6 +60,10 @@ def main(rounds: int = ROUNDS) -> Report:
             rng.shuffle(order)
             trees = set()
             for name in order:
+                if name.endswith("/dev/shm") and index_in_use(workdir / "store-memory").parent == (
+                    workdir / "store-memory"
+                ):
+                    raise SystemExit("set-up: the /dev/shm store moved its index into the store")
                 start = time.perf_counter()
                 snap = repos[name].snapshot(f"round {n}")
                 taken[name].append((time.perf_counter() - start) * 1000)
@@ -85,13 +86,15 @@ def main(rounds: int = ROUNDS) -> Report:
     finally:
         _forget_index(workdir / "store-memory")
         shutil.rmtree(workdir, ignore_errors=True)
+        if saved is not None:
+            os.environ[INDEX_DIR_ENV] = saved
     return report
 
 
 def _forget_index(store: Path) -> None:
     """The benchmark's in-memory index goes with its store."""
-    index = private_index(store)
-    if index.parent != store.resolve():
+    index = index_in_use(store)
+    if index.parent != store:
         index.unlink(missing_ok=True)
 
 

@@ -28,7 +28,7 @@ from agentguard.retention import (
     format_bytes,
     pruned_message,
 )
-from agentguard.shadow.private_index import private_index
+from agentguard.shadow.private_index import index_in_use
 from agentguard.snapshots import HEAD_REF, ShadowRepo
 from agentguard.store import STORE_ENV, Store, dumps, open_store
 from tests.conftest import ENGINES, Engine, git, user
@@ -288,7 +288,7 @@ def test_after_gc_snapshots_and_restores_of_kept_checkpoints_still_work(world: W
     kept = add_run(world, "kept", age_days=1)
     world.shadow.snapshot()  # records that add_run deleted its files afterwards
     head = raw_git(world.store_dir, "rev-parse", HEAD_REF).stdout.strip()
-    index = private_index(world.store_dir)
+    index = index_in_use(world.store_dir)
     index_bytes = index.read_bytes()
 
     collect(world.store, AGE_ONLY, now=NOW)

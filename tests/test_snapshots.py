@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agentguard.errors import ProjectError, SnapshotError
-from agentguard.shadow.private_index import private_index
+from agentguard.shadow.private_index import index_in_use
 from agentguard.snapshots import HEAD_REF, Change, ShadowRepo, SkippedPath
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_the_private_index_is_split_so_a_snapshot_rewrites_only_what_changed(
     shadow.snapshot()
     write(plain / "a.txt", "changed\n")
     snap = shadow.snapshot()
-    index = private_index(store).read_bytes()
+    index = index_in_use(store).read_bytes()
     assert index[:4] == b"DIRC" and int.from_bytes(index[4:8], "big") == 4  # version 4
     assert b"link" in index  # the split-index extension points at a shared index
     [shared] = (store / "repo.git").glob("sharedindex.*")
@@ -530,7 +530,7 @@ def test_the_private_index_is_kept_so_a_snapshot_only_handles_what_changed(
 
     third = shadow.snapshot()
     assert third.changed == 0 and third.tree == second.tree and third.parent == second.commit
-    assert private_index(store).is_file()
+    assert index_in_use(store).is_file()
 
 
 def test_a_same_size_edit_in_the_same_instant_is_still_seen(plain: Path, store: Path) -> None:
@@ -554,8 +554,8 @@ def test_a_damaged_private_index_costs_one_full_snapshot_not_an_error(
 ) -> None:
     shadow = ShadowRepo(plain, store)
     first = shadow.snapshot()
-    private_index(store).write_bytes(b"not an index")
-    Path(f"{private_index(store)}.lock").write_bytes(b"left by a killed process")
+    index_in_use(store).write_bytes(b"not an index")
+    Path(f"{index_in_use(store)}.lock").write_bytes(b"left by a killed process")
 
     second = shadow.snapshot()
     assert second.tree == first.tree and second.parent == first.commit

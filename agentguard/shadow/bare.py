@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agentguard.errors import SnapshotError
 from agentguard.shadow.gitenv import failure, git_env
-from agentguard.shadow.private_index import private_index
+from agentguard.shadow.private_index import index_in_use
 
 
 class BareGit:
@@ -24,7 +24,7 @@ class BareGit:
         self.exe = exe
         self.store_dir = store_dir
         self.git_dir = store_dir / "repo.git"
-        env = git_env(self.git_dir, store_dir, private_index(store_dir))
+        env = git_env(self.git_dir, store_dir, store_dir / "index")
         del env["GIT_WORK_TREE"]  # never point git at the project
         self.env = env
 
@@ -37,7 +37,8 @@ class BareGit:
                 stdin=None if data is not None else subprocess.DEVNULL,
                 capture_output=True,
                 cwd=self.store_dir,
-                env=self.env,
+                # the index the store records as in use: gc keeps what it references
+                env={**self.env, "GIT_INDEX_FILE": str(index_in_use(self.store_dir))},
                 check=False,
             )
         except OSError as exc:

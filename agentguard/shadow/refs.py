@@ -110,6 +110,21 @@ def update_script(commit: str, parent: str | None, ref: str | None) -> bytes:
     return lines.encode()
 
 
+def reflog_tip(git_dir: Path, name: str) -> str | None:
+    """The value the ref's last reflog entry moved it to, or None. A ref file emptied by a
+    power loss (written, never flushed) still has its reflog line: appends land whole."""
+    try:
+        with open(git_dir / "logs" / name, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 4096))
+            lines = log.read().splitlines()
+    except OSError:
+        return None
+    fields = lines[-1].split(b" ", 2) if lines else []
+    value = fields[1].decode("ascii", "replace") if len(fields) == 3 else ""
+    return value if len(value) in (40, 64) and set(value) <= set("0123456789abcdef") else None
+
+
 def read_loose(git_dir: Path, name: str) -> str | None:
     """A loose ref's value, or None (absent, packed, or half-written)."""
     try:
