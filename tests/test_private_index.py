@@ -63,6 +63,7 @@ def test_by_default_the_index_is_in_a_private_folder_in_shared_memory(
         assert len(shadow.files(snap.commit)) == 30
     finally:
         index.unlink(missing_ok=True)
+        index.with_suffix(".store").unlink(missing_ok=True)
 
 
 def test_a_store_made_before_the_record_keeps_its_index_where_it_stays(
