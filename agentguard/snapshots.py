@@ -78,6 +78,10 @@ _failure = failure
 _REFRESH_EVERY_S = 60.0
 
 
+class _IndexNamesMissingObjects(SnapshotError):
+    """write-tree failed on what the private index holds: the next attempt starts without it."""
+
+
 class ShadowRepo:
     """Snapshots of one project folder, kept in a store outside it.
 
@@ -173,7 +177,15 @@ class ShadowRepo:
                 "e.g. refs/agentguard/runs/<run>/steps/<n>."
             )
         with self._locked():
-            return self._snapshot(message, ref)
+            try:
+                return self._snapshot(message, ref)
+            except _IndexNamesMissingObjects:
+                # The index names objects the store no longer has (pruned, or lost with a
+                # damaged object file): every later snapshot would fail the same way. It is
+                # only a cache: read every file afresh, once.
+                self._index.unlink(missing_ok=True)
+                self._last = None
+                return self._snapshot(message, ref)
 
     def diff(self, a: str, b: str | None = None) -> list[Change]:
         """Paths that differ from snapshot `a` to `b` (default: the working tree, snapshotted)."""
@@ -420,7 +432,12 @@ class ShadowRepo:
         )
 
     def _write_tree(self) -> str:
-        return self._run(["write-tree"]).stdout.decode().strip()
+        result = self._run(["write-tree"], check=False)
+        if result.returncode != 0:
+            if self._index.exists():
+                raise _IndexNamesMissingObjects(failure("write-tree", result.stderr, self._store))
+            raise SnapshotError(failure("write-tree", result.stderr, self._store))
+        return result.stdout.decode().strip()
 
     @property
     def _secrets_record(self) -> Path:

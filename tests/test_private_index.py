@@ -275,3 +275,29 @@ def test_gc_reads_the_index_the_store_records(tree: Path, folder: Path) -> None:
     ShadowRepo(tree, store).snapshot()
     listed = BareGit(store, purpose="test").run(["ls-files", "-z"]).split(b"\0")
     assert len([p for p in listed if p]) == 30  # the index in the folder, not an absent one
+
+
+def test_an_index_naming_objects_the_store_lost_is_dropped_not_fatal(
+    tree: Path, folder: Path
+) -> None:
+    store = folder.parent / "store"
+    shadow = ShadowRepo(tree, store)
+    shadow.snapshot()
+    (tree / "pkg0" / "file0.py").write_text("value = 'only in the index and one commit'\n")
+    second = shadow.snapshot()
+    where = f"{second.commit}:pkg0/file0.py"
+    blob = subprocess.run(
+        ["git", "--git-dir", str(store / "repo.git"), "rev-parse", where],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (store / "repo.git" / "objects" / blob[:2] / blob[2:]).unlink()  # pruned, or a lost file
+    (tree / "pkg0" / "file3.py").write_text("value = 'next'\n")  # its folder's tree is rebuilt
+
+    third = shadow.snapshot()  # write-tree fails on the index once; read afresh, it succeeds
+
+    assert third.parent == second.commit and third.changed == 30
+    assert shadow.read_file(third.commit, "pkg0/file0.py") == (
+        b"value = 'only in the index and one commit'\n"
+    )
