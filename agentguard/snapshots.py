@@ -183,8 +183,7 @@ class ShadowRepo:
                 # The index names objects the store no longer has (pruned, or lost with a
                 # damaged object file): every later snapshot would fail the same way. It is
                 # only a cache: read every file afresh, once.
-                self._index.unlink(missing_ok=True)
-                self._last = None
+                self._forget_index()
                 return self._snapshot(message, ref)
 
     def diff(self, a: str, b: str | None = None) -> list[Change]:
@@ -273,8 +272,7 @@ class ShadowRepo:
             if not self._index.exists():
                 raise
             # A damaged private index only costs one full snapshot: start it afresh.
-            self._index.unlink()
-            self._last = None
+            self._forget_index()
             changed, untracked = self._scan()
         candidates: dict[bytes, bool] = {}  # path -> already in the private index
         for path in untracked.split(b"\0"):
@@ -434,9 +432,8 @@ class ShadowRepo:
     def _write_tree(self) -> str:
         result = self._run(["write-tree"], check=False)
         if result.returncode != 0:
-            if self._index.exists():
-                raise _IndexNamesMissingObjects(failure("write-tree", result.stderr, self._store))
-            raise SnapshotError(failure("write-tree", result.stderr, self._store))
+            error = _IndexNamesMissingObjects if self._index.exists() else SnapshotError
+            raise error(failure("write-tree", result.stderr, self._store))
         return result.stdout.decode().strip()
 
     @property
@@ -555,6 +552,11 @@ class ShadowRepo:
         if "[agentguard]" not in current:
             write_atomic(config, (current + STORE_CONFIG).encode())
         write_atomic(attributes, STORE_ATTRIBUTES.encode())
+
+    def _forget_index(self) -> None:
+        """Drop the private index (a cache): the next scan reads every file afresh."""
+        self._index.unlink(missing_ok=True)
+        self._last = None
 
     def _use_recorded_index(self) -> None:
         """The private index the store records as in use, or a new one if this process would

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from agentguard.shadow.gitenv import write_atomic
+
 INDEX_DIR_ENV = "AGENTGUARD_INDEX_DIR"
 SHARED_MEMORY = Path("/dev/shm")
 # Below this much free space the folder is not used: a container's /dev/shm can be as small
@@ -134,8 +136,4 @@ def _recorded(git_dir: Path) -> Path | None:
 
 
 def _record(git_dir: Path, index: Path) -> None:
-    path = git_dir / RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(f"{index}\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(git_dir / RECORD, f"{index}\n".encode())
