@@ -48,7 +48,7 @@ class RetryBudget:
     def note(self, route: str, *, retry: bool) -> None:
         """Record one request sent on `route` (call it before sending)."""
         now = self.clock.now()
-        self.store.transact(lambda db: self._insert(db.conn, route, now, retry))
+        self.store.transact(lambda db: self._insert(db.conn, route, now, retry), one_statement=True)
 
     def allow_retry(self, route: str) -> bool:
         """May one more retry be sent on `route` now? (Check-then-act: see the module doc.)"""

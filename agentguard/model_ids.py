@@ -12,6 +12,7 @@ for `claude-opus-4-7`. `same_model` is the one place that rule lives.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _REGION = re.compile(r"^(?:us|eu|apac|global|us-gov)\.(?=[a-z]+\.)")  # Bedrock profiles
 _PATH = re.compile(r"^.*/")  # OpenRouter / LiteLLM / Together: "anthropic/", "openai/"
@@ -28,6 +29,7 @@ _CLAUDE_DOT = re.compile(r"(?<=\d)\.(?=\d)")  # OpenRouter's "claude-opus-4.7"
 _CLAUDE_ZERO = re.compile(r"^(claude-(?:opus|sonnet|haiku)-\d+)-0$")  # "claude-opus-4-0"
 
 
+@lru_cache(maxsize=256)  # asked twice per step, about the same few models all day
 def canonical(model: str) -> str:
     """A model id without vendor prefixes, dates, deployment versions or aliases."""
     name = _VENDOR.sub("", _PATH.sub("", _REGION.sub("", model.strip().lower())))

@@ -143,13 +143,27 @@ class Store(StoreReads):
             _release(self._shared)
 
     @contextmanager
-    def write(self) -> Iterator[Database]:
+    def write(self, *, one_statement: bool = False) -> Iterator[Database]:
         """A write transaction begun IMMEDIATE, so it waits its turn rather than failing;
-        inside another (a `batch`), a savepoint of it."""
+        inside another (a `batch`), a savepoint of it, so a failed write is undone alone.
+        Two cases need no savepoint, whose SAVEPOINT and RELEASE would be two more statements
+        on a step's critical path for each of its rows: a block that runs `one_statement`
+        (SQLite undoes a failed statement by itself), and a batch's first write (undoing it
+        is rolling back the transaction it began; the batch's next write begins another)."""
         with self._lock:
             conn = self.db.conn
             if self._shared.batch and not conn.in_transaction:
                 conn.execute("BEGIN IMMEDIATE")  # the batch's, from its first write to its end
+                try:
+                    yield self.db
+                except BaseException:
+                    if conn.in_transaction:  # unless the error ended it already
+                        conn.execute("ROLLBACK")
+                    raise
+                return
+            if one_statement and conn.in_transaction:
+                yield self.db
+                return
             if conn.in_transaction:
                 conn.execute("SAVEPOINT agentguard_write")
                 try:
@@ -213,10 +227,11 @@ class Store(StoreReads):
         finally:
             shared.batch = True  # the batch's next write begins its next transaction
 
-    def transact(self, block: Callable[[Database], T]) -> T:
-        """`block(db)` in one write transaction. (PostgreSQL's store runs it again after a
-        lost connection, so callers give a block that is safe to run twice.)"""
-        with self.write() as db:
+    def transact(self, block: Callable[[Database], T], *, one_statement: bool = False) -> T:
+        """`block(db)` in one write transaction (see `write` for `one_statement`). (PostgreSQL's
+        store runs it again after a lost connection, so callers give a block that is safe to
+        run twice.)"""
+        with self.write(one_statement=one_statement) as db:
             return block(db)
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
@@ -233,11 +248,11 @@ class Store(StoreReads):
     # -- runs ---------------------------------------------------------------------------------
 
     def insert_run(self, row: dict[str, Any]) -> None:
-        with self.write() as db:
+        with self.write(one_statement=True) as db:
             _insert(db.conn, "runs", row)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        with self.write() as db:
+        with self.write(one_statement=True) as db:
             _update(db.conn, "runs", "id", run_id, fields)
 
     # -- steps --------------------------------------------------------------------------------
@@ -283,7 +298,7 @@ class Store(StoreReads):
             return step_id, number
 
     def update_step(self, step_id: int, **fields: Any) -> None:
-        with self.write() as db:
+        with self.write(one_statement=True) as db:
             _update(db.conn, "steps", "id", step_id, fields)
 
     def finish_step(
@@ -347,26 +362,26 @@ class Store(StoreReads):
     # -- attempts, events, snapshots -----------------------------------------------------------
 
     def insert_attempt(self, row: dict[str, Any]) -> int:
-        with self.write() as db:
+        with self.write(one_statement=True) as db:
             return _insert(db.conn, "attempts", row)
 
     def update_attempt(self, attempt_id: int, fields: dict[str, Any]) -> None:
-        with self.write() as db:
+        with self.write(one_statement=True) as db:
             _update(db.conn, "attempts", "id", attempt_id, fields)
 
     def insert_event(
         self, run_id: str, kind: str, detail: dict[str, Any], *, at: float, step_id: int | None
     ) -> None:
         row = {"run_id": run_id, "step_id": step_id, "at": at, "kind": kind}
-        with self.write() as db:
+        with self.write(one_statement=True) as db:
             _insert(db.conn, "events", {**row, "detail": dumps(detail)})
 
     def insert_snapshot(self, row: dict[str, Any]) -> None:
-        with self.write() as db:
+        with self.write(one_statement=True) as db:
             _insert(db.conn, "snapshots", row, replace=True)
 
     def update_snapshot(self, commit: str, fields: dict[str, Any]) -> None:
-        with self.write() as db:
+        with self.write(one_statement=True) as db:
             _update(db.conn, "snapshots", "commit_sha", commit, fields)
 
 

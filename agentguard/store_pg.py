@@ -205,10 +205,11 @@ class PostgresStore(StoreReads):
     def outside_batch(self) -> Iterator[None]:
         yield
 
-    def transact(self, block: Callable[[Transaction], T]) -> T:
+    def transact(self, block: Callable[[Transaction], T], *, one_statement: bool = False) -> T:
         """`block(tx)` inside `write()`, run again on a new connection if the server drops
         the one it had (see module). `block` must be safe to run twice: the breaker's and the
-        budget's compare-and-set updates are."""
+        budget's compare-and-set updates are. (`one_statement` spares SQLite's store a
+        savepoint; here every transact is a transaction of its own anyway.)"""
         return self._run(lambda tx: block(take_write_lock(tx, self._write_key)))
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:

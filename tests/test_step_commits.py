@@ -115,6 +115,67 @@ def test_a_failed_write_inside_a_batch_is_undone_alone(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_failed_first_write_of_a_batch_is_undone_and_the_batch_goes_on(tmp_path: Path) -> None:
+    """The batch's first write runs without a savepoint (undoing it is rolling back the
+    transaction it began): a failure half-way through it leaves nothing of it, and the
+    batch's later writes still commit, in a transaction of their own."""
+    store = Store(tmp_path / DB_NAME)
+    store.insert_run({"id": "r", "status": "running", "created_at": 1.0, "updated_at": 1.0})
+    with store.batch():
+        with pytest.raises(sqlite3.IntegrityError), store.write() as db:
+            db.conn.execute("insert into events (run_id, kind, at) values ('r', 'half', 3)")
+            db.conn.execute("insert into runs (id) values ('r')")  # a duplicate key
+        assert not store.db.conn.in_transaction
+        store.insert_event("r", "kept", {}, at=4.0, step_id=None)
+    with other_connection(tmp_path) as conn:
+        kinds = [r["kind"] for r in conn.execute("select kind from events order by id")]
+    assert kinds == ["kept"]
+    store.close()
+
+
+def test_a_failed_one_statement_write_inside_a_batch_is_undone_alone(tmp_path: Path) -> None:
+    """A store method that runs one statement takes no savepoint inside a batch: SQLite
+    undoes the failed statement itself, and what the batch wrote before and after stays."""
+    store = Store(tmp_path / DB_NAME)
+    store.insert_run({"id": "r", "status": "running", "created_at": 1.0, "updated_at": 1.0})
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    with store.batch():
+        store.insert_event("r", "before", {}, at=2.0, step_id=None)
+        with pytest.raises(sqlite3.IntegrityError):
+            store.insert_run({"id": "r", "status": "running"})  # a duplicate key
+        store.insert_event("r", "after", {}, at=3.0, step_id=None)
+    store.db.conn.set_trace_callback(None)
+    assert not [s for s in statements if s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
+    with other_connection(tmp_path) as conn:
+        kinds = [r["kind"] for r in conn.execute("select kind from events order by id")]
+        runs = conn.execute("select count(*) from runs").fetchone()[0]
+    assert kinds == ["before", "after"] and runs == 1
+    store.close()
+
+
+def test_a_step_takes_one_savepoint_at_most(project: Path, home: Path, clock: Any) -> None:
+    """Savepoints cost two statements each on the request's critical path: a served step
+    takes one (its end, two rows) where it took one per row."""
+    with FakeProvider(lambda _request: Turn(text="fixed")) as fake:
+        client = agentguard.wrap(
+            anthropic.Anthropic(base_url=fake.base_url, api_key=API_KEY),
+            project=project,
+            clock=clock,
+            snapshots=False,
+        )
+        store = Store.open(home)
+        client.messages.create(model=OPUS, max_tokens=64, messages=[user("warm up")])
+        statements: list[str] = []
+        store.db.conn.set_trace_callback(statements.append)
+        message = client.messages.create(model=OPUS, max_tokens=64, messages=[user("fix it")])
+        store.db.conn.set_trace_callback(None)
+        client.agentguard.close()
+    assert agentguard.info(message).served_model == OPUS
+    assert sum(s.startswith("SAVEPOINT") for s in statements) <= 1, statements
+    assert statements.count("COMMIT") == 2
+
+
 def test_query_is_for_reads(tmp_path: Path) -> None:
     store = Store(tmp_path / DB_NAME)
     with pytest.raises(StoreError, match="for reads"):

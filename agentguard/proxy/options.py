@@ -13,6 +13,7 @@ import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ class ProxyOptions:
 
     def primary(self, kind: str, model: str) -> Route:
         """The route a request asked for: its front's own provider, with its own credential."""
-        return Route(provider=kind, model=model, kind=kind, base_url=self.upstreams[kind])  # type: ignore[arg-type]
+        return _route(kind, model, self.upstreams[kind])
 
     def chain_for(self, kind: str) -> list[Route]:
         """The fallback routes a front may use: those speaking its wire format, and those of
@@ -165,6 +166,11 @@ class ProxyOptions:
                 if crossing.api_key_env and os.environ.get(crossing.api_key_env):
                     routes.append(crossing)
         return routes
+
+
+@lru_cache(maxsize=64)  # every request builds one; a pydantic model is worth keeping (frozen)
+def _route(kind: str, model: str, base_url: str) -> Route:
+    return Route(provider=kind, model=model, kind=kind, base_url=base_url)  # type: ignore[arg-type]
 
 
 def env_keyed(route: Route) -> Route:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
+import orjson
 
 from agentguard.classify import UpstreamError
 from agentguard.proxy import credentials, sse
@@ -158,12 +159,23 @@ class Upstream:
             raise
 
 
+def parse_json(body: bytes) -> Any:
+    """A body's JSON (a request's, an answer's): orjson's parser (a 1 MB conversation in about
+    a quarter of the standard library's time), the standard one for what orjson refuses and
+    JSON allows (integers past 64 bits, NaN); a body that is not JSON raises
+    json.JSONDecodeError."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def served_whole(route: Route, response: Response, body: bytes) -> Served:
     """A JSON answer: the whole body is the answer, recorded as it came."""
     answer = Answer(response.status_code, returned_headers(response), body)
     data: Any
     try:
-        data = json.loads(body)
+        data = parse_json(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         data = None
     data = data if isinstance(data, dict) else {}
