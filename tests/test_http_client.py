@@ -735,3 +735,95 @@ def test_https_against_a_self_signed_loopback_server(certificate: tuple[Path, Pa
                 await HttpClient().request("GET", srv.url)
 
     run(scenario())
+
+
+# -- found by review: each fails on the first version of the client -----------------------------
+
+
+def test_an_answer_header_with_non_ascii_bytes_is_kept_and_leaks_nothing() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nX-Name: caf\xc3\xa9\r\nContent-Length: 2\r\n\r\nok"
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(raw)
+
+    async def scenario() -> None:
+        async with Loopback(server) as srv:
+            client = HttpClient()
+            response = await client.request("GET", srv.url + "/x")
+            assert response.content == b"ok"
+            assert response.headers.raw[0] == (b"X-Name", "café".encode())
+            assert len(client._open) == 1 and client._idle  # pooled, not stranded
+            await client.aclose()
+
+    run(scenario())
+
+
+def test_trailers_and_a_message_past_the_answer_never_change_its_headers() -> None:
+    trailed = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b"Trailer: X-T\r\n\r\n2\r\nok\r\n0\r\nX-T: late\r\n\r\n"
+    )
+    doubled = answer(b"ok", "Content-Type: application/json") + answer(b"no", "X-Second: 1")
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(trailed if n == 0 else doubled)  # one write: parsed before read_head ends
+        await eof(reader)
+
+    async def scenario() -> None:
+        async with Loopback(server) as srv:
+            for _ in range(2):
+                client = HttpClient()
+                response = await client.request("GET", srv.url + "/x")
+                assert response.content == b"ok"
+                assert response.headers["content-type"] == "application/json"
+                assert "x-t" not in response.headers and "x-second" not in response.headers
+                await client.aclose()
+
+    run(scenario())
+
+
+def test_a_stray_percent_is_escaped_and_an_escape_is_left_as_it_is() -> None:
+    seen: list[bytes] = []
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            seen.append(head.split(b"\r\n")[0])
+            writer.write(answer())
+
+    async def scenario() -> None:
+        async with Loopback(server) as srv:
+            client = HttpClient()
+            await client.request("GET", srv.url + "/v1/models/a%2Fb?q=100%&x=a%2Fb+c%25")
+            await client.aclose()
+
+    run(scenario())
+    assert seen == [b"GET /v1/models/a%2Fb?q=100%25&x=a%2Fb+c%25 HTTP/1.1"]
+
+
+def test_an_answer_without_length_cut_by_the_client_itself_is_not_a_whole_one() -> None:
+    """A body that ends with the connection is whole only when the peer closed it: closing
+    the client mid-answer must not hand the reader a truncated body as complete."""
+    sent = asyncio.Event()
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart1 ")
+        await writer.drain()
+        sent.set()
+        await eof(reader)
+
+    async def scenario() -> None:
+        async with Loopback(server) as srv:
+            client = HttpClient()
+            response = await client.send(client.build_request("GET", srv.url + "/x"), stream=True)
+            chunks = response.aiter_bytes()
+            assert await chunks.__anext__() == b"part1 "
+            await client.aclose()  # the proxy stopping while the answer is read
+            with pytest.raises(httpx2.RemoteProtocolError):
+                await chunks.__anext__()
+
+    run(scenario())

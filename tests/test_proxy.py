@@ -150,6 +150,17 @@ def test_count_tokens_and_models_are_forwarded_untouched(start, home) -> None:
     assert steps(home) == []  # not model calls: no steps
 
 
+def test_a_forwarded_path_and_query_keep_the_clients_escapes(start) -> None:
+    """%2F, %25 and %23 reach the provider as the client wrote them: decoded, they would name
+    another path, a stray percent, or cut the query at a fragment."""
+    with FakeProvider(models=[OPUS]) as fake:
+        proxy = start(upstream=fake.base_url)
+        httpx2.get(f"{proxy.url}/v1/models/a%2Fb%25c?after_id=x%2Fy%23z&limit=1")
+        assert [(r.path, r.query) for r in fake.requests] == [
+            ("/v1/models/a%2Fb%25c", "after_id=x%2Fy%23z&limit=1")
+        ]
+
+
 def test_head_requests_are_answered_locally(proxy, fake) -> None:
     for path in ("/", "/api/hello"):
         assert httpx2.head(f"{proxy.url}{path}").status_code == 200

@@ -22,6 +22,7 @@ failure goes to the classifier, which decides.
 from __future__ import annotations
 
 import asyncio
+import re
 import select
 import ssl
 import zlib
@@ -47,6 +48,7 @@ _OWN_HEADERS = frozenset(
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # characters a request target may carry as they are; others are percent-encoded (as yarl did)
 _TARGET_SAFE = "/?:@!$&'()*+,;=%~"
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")  # not an escape: sent as %25, as yarl did
 _TIMER_SLACK = 0.001  # a timer may fire this early and still count as due
 
 _Key = tuple[str, str, int]  # scheme, host, port: the pool's unit
@@ -67,7 +69,7 @@ class Response:
         self._connection: _Connection | None = connection
         self._client = client
         self.status_code = connection.status
-        self.headers = httpx2.Headers(connection.raw_headers)
+        self.headers = httpx2.Headers(connection.raw_headers)  # bytes: any octet survives
         self._content: bytes | None = None
 
     @property
@@ -142,10 +144,10 @@ class HttpClient:
         try:
             connection.begin(data, head_only=request.method == "HEAD")
             await connection.read_head()
+            response = Response(connection, self)
         except BaseException:
             connection.abort()
             raise
-        response = Response(connection, self)
         if not stream:
             try:
                 await response.aread()
@@ -206,6 +208,10 @@ class HttpClient:
                     port,
                     ssl=context,
                     server_hostname=host if context is not None else None,
+                    # IPv6 and IPv4 raced, as aiohttp did: a dead IPv6 route costs 0.25 s,
+                    # not the whole connect timeout
+                    happy_eyeballs_delay=0.25,
+                    interleave=1,
                 )
         except TimeoutError as exc:  # before OSError: TimeoutError is one
             raise httpx2.ConnectTimeout(
@@ -243,6 +249,7 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self.lost = False  # connection_lost seen
+        self._aborted = False  # closed by us mid-answer (cancelled, released half-read)
         self.idle_since: float | None = None  # in the pool since (loop time)
         # one timer per connection, re-armed lazily: a read's deadline or the idle limit
         self._timer: asyncio.TimerHandle | None = None
@@ -255,7 +262,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
         self.status = 0
-        self.raw_headers: list[tuple[str, str]] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self._head_done = False
         self._until_close = False  # no length, not chunked: the body ends when the peer closes
         self._decoder: _Decoder | None = None
@@ -375,6 +382,7 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         if self._transport is not None and not self.lost:
+            self._aborted = True  # so connection_lost never reads it as the peer's clean end
             self._transport.abort()
 
     def _arm(self, when: float) -> None:
@@ -395,7 +403,7 @@ class _Connection(asyncio.Protocol):
                 self.close()
             else:
                 self._arm(due)
-        elif self._waiter is not None:  # a reader that is not waiting is never timed out
+        elif self._waiter is not None and not self._waiter.done():  # only one still waiting
             if now >= self._deadline:
                 self._fail(httpx2.ReadTimeout(f"no bytes for {self._client.read_timeout} s"))
             else:
@@ -425,7 +433,7 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if self._busy and not self._done and self._error is None:
-            if self._head_done and self._until_close and exc is None:
+            if self._head_done and self._until_close and exc is None and not self._aborted:
                 try:  # a body without length or chunks ends here, whole
                     self._finish_body()
                 except (zlib.error, ValueError) as error:
@@ -443,10 +451,12 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._done:
             self._keep_alive = False  # bytes past the answer: this connection is not reused
-        self.raw_headers = []
+        if not self._head_done:  # an informational answer's head is replaced; ours is kept
+            self.raw_headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self._head_done:  # trailers, or a message past ours, never join the answer's
+            self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._done:
@@ -458,12 +468,12 @@ class _Connection(asyncio.Protocol):
         length = chunked = False
         for name, value in self.raw_headers:
             lower = name.lower()
-            if lower == "content-length":
+            if lower == b"content-length":
                 length = True
-            elif lower == "transfer-encoding":
-                chunked = "chunked" in value.lower()
-            elif lower == "content-encoding":
-                self._decoder = _Decoder.of(value)
+            elif lower == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lower == b"content-encoding":
+                self._decoder = _Decoder.of(value.decode("latin-1"))
         self._until_close = not (length or chunked)
         self._head_done = True
         if self._head_only:  # an answer to HEAD has no body, whatever its length says
@@ -543,9 +553,9 @@ def _encode(request: Request) -> tuple[_Key, bytes]:
     authority = f"[{host}]" if ":" in host else host
     if port != default_port:
         authority = f"{authority}:{port}"
-    target = quote(url.path or "/", safe=_TARGET_SAFE)
+    target = quote(_STRAY_PERCENT.sub("%25", url.path or "/"), safe=_TARGET_SAFE)
     if url.query:
-        target = f"{target}?{quote(url.query, safe=_TARGET_SAFE)}"
+        target = f"{target}?{quote(_STRAY_PERCENT.sub('%25', url.query), safe=_TARGET_SAFE)}"
     lines = [f"{request.method} {target} HTTP/1.1", f"Host: {authority}"]
     body = request.content
     if body is not None:

@@ -428,17 +428,24 @@ class _TooLarge(Exception):
 
 async def _incoming(kind: str, request: web.Request) -> Incoming:
     """The request's headers and body; a body over MAX_BODY is read to its end (so the client
-    gets the answer, not a reset) but never kept."""
+    gets the answer, not a reset) but never kept. Path and query go on as the client encoded
+    them (`%2F`, `%23`, `%25` stay as they are)."""
     if request.content_length is not None and request.content_length <= MAX_BODY:
         body = await request.read()  # its length said, and allowed: read at once
-        return Incoming(
-            kind=kind,
-            method=request.method,
-            path=request.path,
-            query=request.query_string,
-            headers=forwarded_headers(list(request.headers.items())),
-            body=body,
-        )
+    else:
+        body = await _read_capped(request)
+    return Incoming(
+        kind=kind,
+        method=request.method,
+        path=request.rel_url.raw_path,
+        query=request.rel_url.raw_query_string,
+        headers=forwarded_headers(list(request.headers.items())),
+        body=body,
+    )
+
+
+async def _read_capped(request: web.Request) -> bytes:
+    """A body of unknown (or too large a) length, read to its end; _TooLarge past MAX_BODY."""
     body = bytearray()
     too_large = (request.content_length or 0) > MAX_BODY
     async for chunk in request.content.iter_chunked(1 << 16):
@@ -449,14 +456,7 @@ async def _incoming(kind: str, request: web.Request) -> Incoming:
             body += chunk
     if too_large:
         raise _TooLarge
-    return Incoming(
-        kind=kind,
-        method=request.method,
-        path=request.path,
-        query=request.query_string,
-        headers=forwarded_headers(list(request.headers.items())),
-        body=bytes(body),
-    )
+    return bytes(body)
 
 
 def _headers(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
