@@ -110,6 +110,18 @@ async def eof(reader: asyncio.StreamReader) -> None:
         pass
 
 
+def answering(raw: bytes) -> Handler:
+    """A server that reads one request, writes `raw` as it is, and waits for the client to
+    close."""
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await eof(reader)
+
+    return server
+
+
 # -- framing and streaming ---------------------------------------------------------------------
 
 
@@ -204,10 +216,7 @@ def test_an_informational_answer_before_the_real_one_is_skipped() -> None:
 
 
 def test_an_answer_to_head_has_no_body_whatever_its_length_says() -> None:
-    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-        await eof(reader)
+    server = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
 
     async def scenario() -> None:
         async with Loopback(server) as srv:
@@ -260,14 +269,21 @@ def test_a_compressed_answer_is_decoded(encoding: str) -> None:
 # -- the request's bytes, the answer's headers -------------------------------------------------
 
 
-def test_the_request_head_and_body_go_out_exactly() -> None:
-    seen: list[bytes] = []
+def recording(seen: list[bytes]) -> Handler:
+    """A keep-alive server that keeps each request's bytes (head and body) and answers "ok"."""
 
     async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         while True:
             head, body = await read_request(reader)
             seen.append(head + body)
             writer.write(answer())
+
+    return server
+
+
+def test_the_request_head_and_body_go_out_exactly() -> None:
+    seen: list[bytes] = []
+    server = recording(seen)
 
     async def scenario() -> None:
         async with Loopback(server) as srv:
@@ -445,10 +461,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
 
 
 def test_an_answer_with_connection_close_is_not_pooled() -> None:
-    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writer.write(answer(b"bye", "Connection: close"))
-        await eof(reader)
+    server = answering(answer(b"bye", "Connection: close"))
 
     async def scenario() -> None:
         async with Loopback(server) as srv:
@@ -539,10 +552,7 @@ def test_the_server_closing_before_answering_is_a_remote_protocol_error() -> Non
 
 
 def test_a_malformed_answer_is_a_remote_protocol_error() -> None:
-    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
-        await eof(reader)
+    server = answering(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
 
     async def scenario() -> None:
         async with Loopback(server) as srv:
@@ -787,12 +797,7 @@ def test_trailers_and_a_message_past_the_answer_never_change_its_headers() -> No
 
 def test_a_stray_percent_is_escaped_and_an_escape_is_left_as_it_is() -> None:
     seen: list[bytes] = []
-
-    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        while True:
-            head, _ = await read_request(reader)
-            seen.append(head.split(b"\r\n")[0])
-            writer.write(answer())
+    server = recording(seen)
 
     async def scenario() -> None:
         async with Loopback(server) as srv:
@@ -801,7 +806,9 @@ def test_a_stray_percent_is_escaped_and_an_escape_is_left_as_it_is() -> None:
             await client.aclose()
 
     run(scenario())
-    assert seen == [b"GET /v1/models/a%2Fb?q=100%25&x=a%2Fb+c%25 HTTP/1.1"]
+    assert [request.split(b"\r\n")[0] for request in seen] == [
+        b"GET /v1/models/a%2Fb?q=100%25&x=a%2Fb+c%25 HTTP/1.1"
+    ]
 
 
 def test_an_answer_without_length_cut_by_the_client_itself_is_not_a_whole_one() -> None:
