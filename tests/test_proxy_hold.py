@@ -315,3 +315,48 @@ def test_a_client_hanging_up_while_held_cancels_the_step(start, fake, home) -> N
     # nothing leaked: the proxy serves the next request at once
     message = claude(proxy).messages.create(**ask("next"))
     assert message.content[0].text
+
+
+def test_an_answer_that_comes_as_the_held_client_leaves_is_closed_not_dropped() -> None:
+    """The attempt finishes while a ping is being written to a client that has just gone: the
+    request is cancelled, and the answer it will never pass on — a live stream holding its
+    upstream connection — is closed, not left open until the provider ends it."""
+    import asyncio
+
+    from agentguard.plan import Call
+    from agentguard.proxy.hold import KeepAlive
+    from agentguard.routes import Route
+    from agentguard.step_types import Served
+
+    closed: list[bool] = []
+
+    class UpstreamStream:
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    class Clock:
+        def monotonic(self) -> float:
+            return 0.0
+
+    async def scenario() -> None:
+        answered = asyncio.Event()
+
+        async def attempt(_call: Call) -> Served:
+            await answered.wait()
+            return Served(value=UpstreamStream(), request_id="req_1", model="m")
+
+        class GoneClient:
+            async def write(self, _data: bytes) -> None:
+                answered.set()  # the provider answers while this ping is on its way
+                for _ in range(3):
+                    await asyncio.sleep(0)  # (a yield, not a wait: the attempt completes)
+                raise ConnectionResetError("the client hung up")
+
+        keeper = KeepAlive(None, "anthropic", Clock(), 0.0, list)  # type: ignore[arg-type]
+        keeper.held, keeper.response = True, GoneClient()  # type: ignore[assignment]
+        with pytest.raises(asyncio.CancelledError):
+            await keeper.call_for(attempt)(Call(Route(provider="anthropic", model="m"), 1))
+        assert keeper.gone
+
+    asyncio.run(scenario())
+    assert closed == [True]

@@ -144,8 +144,10 @@ class KeepAlive:
             except BaseException:
                 task.cancel()
                 await asyncio.wait({task})  # the attempt closes its upstream response
-                if not task.cancelled():
-                    task.exception()  # retrieved: it is not this caller's error
+                if not task.cancelled() and task.exception() is None:
+                    # answered just as its client left: never passed on, so closed here (a
+                    # stream left open would hold its upstream connection until it ended)
+                    await _close_unsent(task.result())
                 raise
 
         return pinging
@@ -168,6 +170,13 @@ class KeepAlive:
                 if wake():
                     break
         return waited
+
+
+async def _close_unsent(served: Any) -> None:
+    close = getattr(getattr(served, "value", None), "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
 
 
 class _PingingClock:
