@@ -48,7 +48,11 @@ class RetryBudget:
     def note(self, route: str, *, retry: bool) -> None:
         """Record one request sent on `route` (call it before sending)."""
         now = self.clock.now()
-        self.store.transact(lambda db: self._insert(db.conn, route, now, retry), one_statement=True)
+        prune = self.store.transact(
+            lambda db: self._insert(db.conn, route, now, retry), one_statement=True
+        )
+        if prune:  # a transaction of its own: the insert's needs no savepoint
+            self.store.transact(lambda db: self._prune(db.conn, now), one_statement=True)
 
     def allow_retry(self, route: str) -> bool:
         """May one more retry be sent on `route` now? (Check-then-act: see the module doc.)"""
@@ -63,7 +67,8 @@ class RetryBudget:
             first, retries = self._usage(route, now)
             if not self._allows(first, retries):
                 return False
-            self._insert(db.conn, route, now, True)
+            if self._insert(db.conn, route, now, True):
+                self._prune(db.conn, now)
             return True
 
         return self.store.transact(take)
@@ -85,12 +90,15 @@ class RetryBudget:
         )
         return int(row["total"]) - int(row["retries"]), int(row["retries"])
 
-    def _insert(self, conn: sqlite3.Connection, route: str, now: float, retry: bool) -> None:
+    def _insert(self, conn: sqlite3.Connection, route: str, now: float, retry: bool) -> bool:
+        """One row, one statement; True when rows past the window are due to be pruned."""
         # `returning id`, not `lastrowid`: one round trip on PostgreSQL, where lastrowid is a
         # second query
         (row_id,) = conn.execute(
             "insert into route_traffic (route, at, retry) values (?, ?, ?) returning id",
             [route, now, int(retry)],
         ).fetchone()
-        if (row_id or 0) % max(1, self.settings.prune_every) == 0:
-            conn.execute("delete from route_traffic where at <= ?", [now - self.settings.window])
+        return (row_id or 0) % max(1, self.settings.prune_every) == 0
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> None:
+        conn.execute("delete from route_traffic where at <= ?", [now - self.settings.window])

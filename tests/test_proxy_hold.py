@@ -325,14 +325,19 @@ def test_an_answer_that_comes_as_the_held_client_leaves_is_closed_not_dropped() 
 
     from agentguard.plan import Call
     from agentguard.proxy.hold import KeepAlive
+    from agentguard.proxy.stream import LiveStream
     from agentguard.routes import Route
     from agentguard.step_types import Served
 
     closed: list[bool] = []
 
-    class UpstreamStream:
+    class UpstreamResponse:  # the provider's answer under the stream: what must be closed
         async def aclose(self) -> None:
             closed.append(True)
+
+    async def no_more_events() -> Any:
+        return
+        yield
 
     class Clock:
         def monotonic(self) -> float:
@@ -343,7 +348,8 @@ def test_an_answer_that_comes_as_the_held_client_leaves_is_closed_not_dropped() 
 
         async def attempt(_call: Call) -> Served:
             await answered.wait()
-            return Served(value=UpstreamStream(), request_id="req_1", model="m")
+            stream = LiveStream("anthropic", 200, [], [], no_more_events(), UpstreamResponse())  # type: ignore[arg-type]
+            return Served(value=stream, request_id="req_1", model="m")
 
         class GoneClient:
             async def write(self, _data: bytes) -> None:

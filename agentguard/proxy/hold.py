@@ -32,6 +32,7 @@ from agentguard.clock import Changes, Clock
 from agentguard.guard import Hold
 from agentguard.plan import Call
 from agentguard.proxy import answers
+from agentguard.proxy.stream import LiveStream
 
 PING = {
     "anthropic": b'event: ping\ndata: {"type": "ping"}\n\n',
@@ -147,7 +148,9 @@ class KeepAlive:
                 if not task.cancelled() and task.exception() is None:
                     # answered just as its client left: never passed on, so closed here (a
                     # stream left open would hold its upstream connection until it ended)
-                    await _close_unsent(task.result())
+                    unsent = task.result().value
+                    if isinstance(unsent, LiveStream):
+                        await unsent.aclose()
                 raise
 
         return pinging
@@ -170,13 +173,6 @@ class KeepAlive:
                 if wake():
                     break
         return waited
-
-
-async def _close_unsent(served: Any) -> None:
-    close = getattr(getattr(served, "value", None), "aclose", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            await close()
 
 
 class _PingingClock:
