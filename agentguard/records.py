@@ -67,6 +67,15 @@ class AttemptRecord:
         """An exception that is not the provider's: recorded, then re-raised unchanged."""
         return cls(**when, outcome="error", error_type=type(exc).__name__, message=str(exc)[:500])
 
+    def ended_row(self) -> dict[str, Any]:
+        """The columns an attempt's row gets when it ends: `row` without what was written when
+        it was opened (number, route, start, the wait before it), so its indexes are left
+        alone."""
+        row = self.row()
+        for opened in _OPENED:
+            del row[opened]
+        return row
+
     def row(self) -> dict[str, Any]:
         """The attempt as a store row (times in milliseconds)."""
         return {
@@ -85,6 +94,9 @@ class AttemptRecord:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
         }
+
+
+_OPENED = ("number", "provider", "model", "started_at", "slept_before_ms")
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ class StepRecording:
     ) -> None:
         """An attempt's outcome; a `served` one may wait for the hand-over (`Guard._write`)."""
         state.attempts.append(record)
-        row, values = state.attempt_row, record.row()
+        row, values = state.attempt_row, record.ended_row()  # the rest was written by _open_attempt
         if served:
             self._write(state, lambda: self.store.update_attempt(row, values))
         else:

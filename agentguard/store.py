@@ -268,17 +268,15 @@ class Store(StoreReads):
         The number is taken inside the transaction, so two processes continuing the same run
         can never write the same step twice."""
         with self.write() as db:
-            (number,) = db.conn.execute(
-                "select coalesce(max(number), 0) + 1 from steps where run_id = ?", [step["run_id"]]
-            ).fetchone()
-            step = {**step, "number": number}
             if blob is not None:
                 db.conn.execute("insert or ignore into blobs (sha, body) values (?, ?)", blob)
-            cursor = db.conn.execute(
-                f"insert into steps ({', '.join(step)}) values ({', '.join('?' * len(step))})",
-                list(step.values()),
-            )
-            step_id = int(cursor.lastrowid or 0)
+            step_id, number = db.conn.execute(
+                f"insert into steps ({', '.join(step)}, number) "
+                f"values ({', '.join('?' * len(step))}, "
+                "(select coalesce(max(number), 0) + 1 from steps where run_id = ?)) "
+                "returning id, number",
+                [*step.values(), step["run_id"]],
+            ).fetchall()[0]
             if messages:
                 db.conn.executemany(
                     "insert into messages (run_id, step_id, position, role, content, sha) "

@@ -4,6 +4,7 @@ checkpoint before another route takes over (keeping any drift as a snapshot of i
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -21,6 +22,13 @@ from agentguard.store import Store, dumps
 from agentguard.user_repo import GitState, StateReader, columns
 
 log = logging.getLogger("agentguard")
+
+# A step's snapshot starts this long after the step's call is on its way (`_start_snapshot`):
+# its git processes then take the CPUs once the request has left — or, when the provider (a
+# gateway, a local model server) runs on this machine, once it has read the request. Measured
+# beside a provider on a 2-core machine (`benchmarks/proxy.py`): started at once, the
+# snapshot's start-up delayed every answer by about 0.35 ms at the median; 2 ms later, not.
+SNAPSHOT_START_DELAY_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -63,10 +71,14 @@ class TreeKeeping:
 
     _write_held_back: Callable[[StepState], None]  # Guard._write_held_back
 
-    def _snapshot_step(self, message: str, ref: str) -> Snapshot:
+    def _snapshot_step(self, message: str, ref: str, not_before: float = 0.0) -> Snapshot:
         """Run in the snapshot thread: the tree, then the user's branch/HEAD/dirty (a `git
-        status` that can take a while in a large tree, so never on the caller's path)."""
+        status` that can take a while in a large tree, so never on the caller's path); not
+        before `not_before` (time.monotonic)."""
         assert self.shadow is not None
+        wait = not_before - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # the snapshot thread's own wait (SNAPSHOT_START_DELAY_S)
         snap = self.shadow.snapshot(message, ref=ref)
         kept = {f.name: getattr(snap, f.name) for f in fields(Snapshot)}
         git = self._git_reader.read(snapshot_tree=snap.tree, complete=not snap.skipped)
@@ -83,14 +95,19 @@ class TreeKeeping:
 
     def _start_pending_snapshots(self) -> None:
         while self._starting:
-            self._start_snapshot(self._starting.pop())
+            self._start_snapshot(self._starting.pop(), delay=SNAPSHOT_START_DELAY_S)
 
-    def _start_snapshot(self, state: StepState) -> None:
-        """Submit the step's checkpoint snapshot, once (see `Guard._checkpoint`)."""
+    def _start_snapshot(self, state: StepState, *, delay: float = 0.0) -> None:
+        """Submit the step's checkpoint snapshot, once (see `Guard._checkpoint`): `delay`
+        seconds from now when it runs beside the action about to be taken, at once when it is
+        wanted now."""
         job, state.snapshot_job = state.snapshot_job, None
         if job is not None:
             message, ref = job
-            state.snapshot = self._executor.submit(self._snapshot_step, message, ref=ref)
+            not_before = time.monotonic() + delay
+            state.snapshot = self._executor.submit(
+                self._snapshot_step, message, ref=ref, not_before=not_before
+            )
 
     def _join_snapshot(self, state: StepState) -> Generator[PlanAction, Any, None]:
         self._start_snapshot(state)

@@ -198,3 +198,41 @@ def test_the_wal_is_still_checkpointed_when_steps_end_inside_batches(tmp_path: P
             store.finish_step(step_id, {"status": "ok"}, "r", {"updated_at": float(i)})
     assert (tmp_path / f"{DB_NAME}-wal").stat().st_size < 4_000_000
     store.close()
+
+
+def test_a_steps_snapshot_starts_only_after_its_call_is_on_its_way(
+    project: Path, home: Path, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot's git processes wait SNAPSHOT_START_DELAY_S after the commit that sends
+    the call: a provider on this machine (a gateway, a local model server) reads the request
+    first instead of sharing the CPUs with them."""
+    import time
+
+    from agentguard.snapshots import ShadowRepo
+    from agentguard.tree_keeping import SNAPSHOT_START_DELAY_S
+
+    marks: dict[str, float] = {}
+    snapshot = ShadowRepo.snapshot
+
+    def timed_snapshot(self: ShadowRepo, *args: Any, **kwargs: Any) -> Any:
+        marks.setdefault("snapshot", time.monotonic())
+        return snapshot(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShadowRepo, "snapshot", timed_snapshot)
+
+    def on_sql(sql: str) -> None:
+        if sql == "COMMIT":
+            marks.setdefault("commit", time.monotonic())  # the step's first: before the call
+
+    with FakeProvider(lambda _request: Turn(text="fixed")) as fake:
+        client = agentguard.wrap(
+            anthropic.Anthropic(base_url=fake.base_url, api_key=API_KEY),
+            project=project,
+            clock=clock,
+        )
+        client.agentguard.store.db.conn.set_trace_callback(on_sql)
+        message = client.messages.create(model=OPUS, max_tokens=64, messages=[user("fix it")])
+        client.agentguard.close()
+    assert message.content[0].text == "fixed"
+    assert agentguard.info(message).checkpoint is not None  # the snapshot was taken, joined
+    assert marks["snapshot"] - marks["commit"] >= SNAPSHOT_START_DELAY_S
