@@ -834,3 +834,81 @@ def test_an_answer_without_length_cut_by_the_client_itself_is_not_a_whole_one() 
                 await chunks.__anext__()
 
     run(scenario())
+
+
+# -- what an upstream can make the proxy hold ----------------------------------------------------
+
+
+def test_an_answer_head_over_the_limit_is_refused_not_buffered() -> None:
+    padding = [f"X-Pad-{i}: {'a' * 1000}" for i in range(100)]  # a 100 KB head
+    server = answering(answer(b"ok", *padding))
+
+    async def scenario() -> None:
+        async with Loopback(server) as srv:
+            client = HttpClient()
+            with pytest.raises(httpx2.RemoteProtocolError, match="head is over"):
+                await client.request("GET", srv.url)
+            await client.aclose()
+
+    run(scenario())
+
+
+def test_a_compressed_body_that_expands_past_the_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_client, "MAX_INFLATE", 1024 * 1024)
+    bomb = gzip.compress(b"\0" * (8 * 1024 * 1024))  # 8 MB of zeros in a few KB
+    server = answering(answer(bomb, "Content-Encoding: gzip"))
+
+    async def scenario() -> None:
+        async with Loopback(server) as srv:
+            client = HttpClient()
+            with pytest.raises(httpx2.RemoteProtocolError, match="expand past"):
+                await client.request("GET", srv.url)
+            await client.aclose()
+
+    run(scenario())
+
+
+def test_a_whole_body_over_the_limit_is_refused_and_a_stream_is_not_capped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_client, "MAX_WHOLE_BODY", 1024 * 1024)
+    big = b"x" * (2 * 1024 * 1024)
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(big))
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Loopback(server) as srv:
+            client = HttpClient()
+            with pytest.raises(httpx2.RemoteProtocolError, match="over 1048576 bytes"):
+                await client.request("GET", srv.url)
+            streamed = await client.send(client.build_request("GET", srv.url), stream=True)
+            assert b"".join([chunk async for chunk in streamed.aiter_bytes()]) == big
+            await streamed.aclose()
+            assert srv.accepts == 2  # the refused answer's connection was closed, not pooled
+            await client.aclose()
+
+    run(scenario())
+
+
+def test_an_endless_answer_header_is_refused_once_past_the_limit() -> None:
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        while True:  # one header value that never ends
+            writer.write(b"a" * 16384)
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Loopback(server) as srv:
+            client = HttpClient()
+            with pytest.raises(httpx2.RemoteProtocolError, match="head is over"):
+                await client.request("GET", srv.url)
+            await client.aclose()
+
+    run(scenario())

@@ -12,7 +12,9 @@ What it does: http and https, a pool of idle keep-alive connections per (scheme,
 and no limit on connections in use, Content-Length / chunked / read-until-close answers
 (httptools, llhttp, does the framing), gzip and deflate undone on the fly, answers streamed as
 their bytes arrive with the socket paused while a slow reader has 256 KB unread, a timeout per
-connect and per read (never for a whole answer: a stream may rightly last many minutes).
+connect and per read (never for a whole answer: a stream may rightly last many minutes), and
+bounds on what an upstream can make it hold (a 64 KB head, a 64 MB body read whole, 64 MB
+from one read of a compressed body), each crossed a RemoteProtocolError.
 
 What it deliberately does not do: follow redirects, keep cookies, read proxies from the
 environment, speak HTTP/2, or resend a request — ever: these are paid model calls, and a
@@ -39,6 +41,13 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0  # Claude Code's own cut for a stream without bytes
 KEEPALIVE_TIMEOUT = 15.0  # an idle connection older than this is closed, not reused
 HIGH_WATER = 256 * 1024  # unread bytes past which the socket is not read until they are
+# Bounds on what an upstream can make the proxy hold (aiohttp's client had its own): an answer's
+# head (status line and headers, informational heads included), a body read whole (a JSON
+# answer; a stream is passed on as it comes, so has none), and what one read of a compressed
+# body may expand to (a small gzip can hold gigabytes of zeros).
+MAX_HEAD = 64 * 1024
+MAX_WHOLE_BODY = 64 * 1024 * 1024
+MAX_INFLATE = 64 * 1024 * 1024
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # the head's own headers: the caller's copies are dropped, never sent twice
@@ -78,8 +87,21 @@ class Response:
         return self._content
 
     async def aread(self) -> bytes:
+        """The whole body; one over MAX_WHOLE_BODY is a RemoteProtocolError (connection
+        closed)."""
         if self._content is None:
-            self._content = b"".join([chunk async for chunk in self.aiter_bytes()])
+            chunks, size = [], 0
+            async for chunk in self.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_WHOLE_BODY:
+                    if self._connection is not None:
+                        self._connection.abort()
+                    self._release()
+                    raise httpx2.RemoteProtocolError(
+                        f"the answer's body is over {MAX_WHOLE_BODY} bytes"
+                    )
+                chunks.append(chunk)
+            self._content = b"".join(chunks)
         return self._content
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
@@ -272,6 +294,8 @@ class _Connection(asyncio.Protocol):
         self._done = False  # the whole answer is in
         self._keep_alive = False
         self._error: Exception | None = None
+        self._head_bytes = 0  # the head's headers so far
+        self._head_fed = 0  # bytes fed while the head was unfinished (one endless header)
 
     # -- the request side ----------------------------------------------------------------------
 
@@ -421,6 +445,12 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+            if not self._head_done:
+                self._head_fed += len(data)
+                if self._head_fed > MAX_HEAD:
+                    self._fail(
+                        httpx2.RemoteProtocolError(f"the answer's head is over {MAX_HEAD} bytes")
+                    )
         except httptools.HttpParserUpgrade:
             self._fail(httpx2.RemoteProtocolError("the server switched protocols"))
         except httptools.HttpParserError as exc:
@@ -456,6 +486,9 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._head_done:  # trailers, or a message past ours, never join the answer's
+            self._head_bytes += len(name) + len(value) + 4
+            if self._head_bytes > MAX_HEAD:
+                raise ValueError(f"the answer's head is over {MAX_HEAD} bytes")
             self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -484,7 +517,7 @@ class _Connection(asyncio.Protocol):
         if self._done or not body:
             return
         if self._decoder is not None:
-            body = self._decoder.feed(body)
+            body = self._decoder.feed(body)  # ValueError: a bomb (the parser's callback error)
             if not body:
                 return
         self._chunks.append(body)
@@ -528,7 +561,12 @@ class _Decoder:
             else:
                 wbits = 16 + zlib.MAX_WBITS
             self._zlib = zlib.decompressobj(wbits)
-        return self._zlib.decompress(data)
+        out = self._zlib.decompress(data, MAX_INFLATE)
+        if self._zlib.unconsumed_tail:
+            raise ValueError(
+                f"{len(data)} bytes of the {self._encoding} body expand past {MAX_INFLATE} bytes"
+            )
+        return out
 
     def finish(self) -> bytes:
         if self._zlib is None:
