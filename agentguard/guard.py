@@ -95,75 +95,83 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         self.project = project_folder(project)
         self.store = store or open_store(home, url=store_url)
         self._opened_store = store is None  # closed with the run if it holds server connections
-        previous = self._previous_run(resume) if resume else None
-        if policy is None and previous is not None and previous["policy"]:
-            policy = json.loads(previous["policy"])
-        self.policy = resolve_policy(policy)
-        if store is None and hasattr(self.store, "reconnect_within"):
-            # a PostgreSQL store this guard opened waits for a restarting server as long as
-            # one of its steps may take, not longer
-            self.store.reconnect_within = self.policy.step_deadline
-        self.chain = list(chain)
-        self.on_substitution = on_substitution
-        self.clock: Clock = clock or SystemClock()
-        self.rng = rng or random.Random()
-        self.breaker = Breaker(self.store, self.clock, breaker)
-        self.budget = RetryBudget(self.store, self.clock, budget)
-        self.shadow = (
-            ShadowRepo(
-                self.project,
-                self.store.home / "shadow" / project_key(self.project),
-                max_file_bytes=max_file_bytes,
-                secret_files=secret_files,
+        try:
+            previous = self._previous_run(resume) if resume else None
+            if policy is None and previous is not None and previous["policy"]:
+                policy = json.loads(previous["policy"])
+            self.policy = resolve_policy(policy)
+            if store is None and hasattr(self.store, "reconnect_within"):
+                # a PostgreSQL store this guard opened waits for a restarting server as long as
+                # one of its steps may take, not longer
+                self.store.reconnect_within = self.policy.step_deadline
+            self.chain = list(chain)
+            self.on_substitution = on_substitution
+            self.clock: Clock = clock or SystemClock()
+            self.rng = rng or random.Random()
+            self.breaker = Breaker(self.store, self.clock, breaker)
+            self.budget = RetryBudget(self.store, self.clock, budget)
+            self.shadow = (
+                ShadowRepo(
+                    self.project,
+                    self.store.home / "shadow" / project_key(self.project),
+                    max_file_bytes=max_file_bytes,
+                    secret_files=secret_files,
+                )
+                if snapshots
+                else None
             )
-            if snapshots
-            else None
-        )
-        self._git_reader = StateReader(self.project)
-        self._head = Head()
-        self._last_status = "running"
-        self._held: set[int] = set()  # steps waiting in hold mode (the run shows `waiting`)
-        self._starting: list[StepState] = []
-        self._deferred: dict[int, StepState] = {}  # served steps whose snapshot is still running
-        self._unwritten: dict[int, StepState] = {}  # served steps whose rows wait (defer_record)
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="agentguard-git", initializer=background_thread
-        )
-        now = self.clock.now()
-        alive = {
-            "status": "running",
-            "updated_at": now,
-            "pid": os.getpid(),
-            "hostname": socket.gethostname(),
-        }
-        if previous is not None:
-            self.run_id, self.name = previous["id"], previous["name"]
-            self._head = self._head_of(previous["id"])
-            self.store.update_run(
-                self.run_id,
-                **alive,
-                project=str(self.project),
-                policy=self.policy.model_dump_json(),
-                ended_at=None,
-                next_attempt_at=None,
+            self._git_reader = StateReader(self.project)
+            self._head = Head()
+            self._last_status = "running"
+            self._held: set[int] = set()  # steps waiting in hold mode (the run shows `waiting`)
+            self._starting: list[StepState] = []
+            self._deferred: dict[int, StepState] = {}  # served, their snapshot still running
+            self._unwritten: dict[int, StepState] = {}  # served, their rows wait (defer_record)
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="agentguard-git", initializer=background_thread
             )
-            self.event(None, "resumed", previous_status=previous["status"], pid=os.getpid())
-        else:
-            self.run_id = uuid.uuid4().hex[:12]
-            self.name = run or self.project.name
-            self.store.insert_run(
-                {
-                    "id": self.run_id,
-                    "name": self.name,
-                    "project": str(self.project),
-                    "policy": self.policy.model_dump_json(),
-                    "created_at": now,
+            now = self.clock.now()
+            alive = {
+                "status": "running",
+                "updated_at": now,
+                "pid": os.getpid(),
+                "hostname": socket.gethostname(),
+            }
+            if previous is not None:
+                self.run_id, self.name = previous["id"], previous["name"]
+                self._head = self._head_of(previous["id"])
+                self.store.update_run(
+                    self.run_id,
                     **alive,
-                }
-            )
-        self._pusher = self._start_pushing(snapshot_remote)
-        self._closed = False
-        self.tracing = StepTracer(self.run_id, self.clock, tracer_provider)  # OpenTelemetry
+                    project=str(self.project),
+                    policy=self.policy.model_dump_json(),
+                    ended_at=None,
+                    next_attempt_at=None,
+                )
+                self.event(None, "resumed", previous_status=previous["status"], pid=os.getpid())
+            else:
+                self.run_id = uuid.uuid4().hex[:12]
+                self.name = run or self.project.name
+                self.store.insert_run(
+                    {
+                        "id": self.run_id,
+                        "name": self.name,
+                        "project": str(self.project),
+                        "policy": self.policy.model_dump_json(),
+                        "created_at": now,
+                        **alive,
+                    }
+                )
+            self._pusher = self._start_pushing(snapshot_remote)
+            self._closed = False
+            self.tracing = StepTracer(self.run_id, self.clock, tracer_provider)  # OpenTelemetry
+        except BaseException:
+            # a run that could not start (busy elsewhere, a bad policy, ...) leaves no open
+            # store behind: a PostgreSQL pool would otherwise hold its connections until the
+            # collector found it
+            if self._opened_store:
+                self.store.close()
+            raise
         process_end.install()
         atexit.register(self._at_exit)
 

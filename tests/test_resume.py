@@ -236,9 +236,20 @@ def test_a_dead_runs_in_flight_step_and_attempt_become_interrupted(home, project
     guard._closed = True
 
 
-def test_a_run_still_running_elsewhere_cannot_be_resumed(fake, home, project):
+def test_a_run_still_running_elsewhere_cannot_be_resumed(fake, home, project, monkeypatch):
     guard = agentguard.Guard(project, snapshots=False)
     guard.store.update_run(guard.run_id, pid=os.getppid())  # a live process that is not us
+    closed: list[Any] = []
+    close = type(guard.store).close
+
+    def recording_close(store: Any) -> None:
+        closed.append(store)
+        close(store)
+
+    monkeypatch.setattr(type(guard.store), "close", recording_close)
     with pytest.raises(agentguard.RunBusy, match="still running in process"):
         agentguard.Guard(project, snapshots=False, resume=guard.run_id)
+    # the refused guard closed the store it had opened (a PostgreSQL pool left to the garbage
+    # collector held its connections until then, and warned)
+    assert len(closed) == 1 and closed[0] is not guard.store
     guard.close()
