@@ -122,6 +122,19 @@ def answering(raw: bytes) -> Handler:
     return server
 
 
+def refused(server: Handler, match: str) -> None:
+    """One request to `server` fails with a RemoteProtocolError saying `match`."""
+
+    async def scenario() -> None:
+        async with Loopback(server) as srv:
+            client = HttpClient()
+            with pytest.raises(httpx2.RemoteProtocolError, match=match):
+                await client.request("GET", srv.url)
+            await client.aclose()
+
+    run(scenario())
+
+
 # -- framing and streaming ---------------------------------------------------------------------
 
 
@@ -552,16 +565,7 @@ def test_the_server_closing_before_answering_is_a_remote_protocol_error() -> Non
 
 
 def test_a_malformed_answer_is_a_remote_protocol_error() -> None:
-    server = answering(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
-
-    async def scenario() -> None:
-        async with Loopback(server) as srv:
-            client = HttpClient()
-            with pytest.raises(httpx2.RemoteProtocolError):
-                await client.request("GET", srv.url)
-            await client.aclose()
-
-    run(scenario())
+    refused(answering(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n"), "malformed")
 
 
 def test_a_refused_connection_is_a_connect_error() -> None:
@@ -843,14 +847,7 @@ def test_an_answer_head_over_the_limit_is_refused_not_buffered() -> None:
     padding = [f"X-Pad-{i}: {'a' * 1000}" for i in range(100)]  # a 100 KB head
     server = answering(answer(b"ok", *padding))
 
-    async def scenario() -> None:
-        async with Loopback(server) as srv:
-            client = HttpClient()
-            with pytest.raises(httpx2.RemoteProtocolError, match="head is over"):
-                await client.request("GET", srv.url)
-            await client.aclose()
-
-    run(scenario())
+    refused(server, "head is over")
 
 
 def test_a_compressed_body_that_expands_past_the_limit_is_refused(
@@ -860,14 +857,7 @@ def test_a_compressed_body_that_expands_past_the_limit_is_refused(
     bomb = gzip.compress(b"\0" * (8 * 1024 * 1024))  # 8 MB of zeros in a few KB
     server = answering(answer(bomb, "Content-Encoding: gzip"))
 
-    async def scenario() -> None:
-        async with Loopback(server) as srv:
-            client = HttpClient()
-            with pytest.raises(httpx2.RemoteProtocolError, match="expand past"):
-                await client.request("GET", srv.url)
-            await client.aclose()
-
-    run(scenario())
+    refused(server, "expand past")
 
 
 def test_a_whole_body_over_the_limit_is_refused_and_a_stream_is_not_capped(
@@ -904,11 +894,4 @@ def test_an_endless_answer_header_is_refused_once_past_the_limit() -> None:
             writer.write(b"a" * 16384)
             await writer.drain()
 
-    async def scenario() -> None:
-        async with Loopback(server) as srv:
-            client = HttpClient()
-            with pytest.raises(httpx2.RemoteProtocolError, match="head is over"):
-                await client.request("GET", srv.url)
-            await client.aclose()
-
-    run(scenario())
+    refused(server, "head is over")
