@@ -3,6 +3,7 @@ checkpoint before another route takes over (keeping any drift as a snapshot of i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Generator
@@ -48,6 +49,7 @@ class TreeKeeping:
     project: Path
     shadow: ShadowRepo | None
     _executor: ThreadPoolExecutor
+    _closed: bool
     _git_reader: StateReader  # the user's repository, read on the snapshot thread only
     event: Callable[..., None]  # StepRecording.event
     _pusher: Pusher | None  # the checkpoints' way to the run's snapshot_remote, if it has one
@@ -94,7 +96,20 @@ class TreeKeeping:
             self._starting.append(state)
 
     def _start_pending_snapshots(self) -> None:
-        while self._starting:
+        """On an event loop, once the loop next turns — the call about to be made has then
+        written its request — so the snapshot thread's start is off the request's way out;
+        without one (a blocking call), now."""
+        if not self._starting:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._start_snapshots_now()
+            return
+        loop.call_soon(self._start_snapshots_now)
+
+    def _start_snapshots_now(self) -> None:
+        while self._starting and not self._closed:
             self._start_snapshot(self._starting.pop(), delay=SNAPSHOT_START_DELAY_S)
 
     def _start_snapshot(self, state: StepState, *, delay: float = 0.0) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from agentguard.clock import Changes, Clock
 from agentguard.guard import Hold
@@ -51,7 +52,7 @@ class KeepAlive:
 
     def __init__(
         self,
-        request: web.Request,
+        request: BaseRequest,
         kind: str,
         clock: Clock,
         interval: float,

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx2
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from agentguard.classify import UpstreamError
@@ -76,17 +77,26 @@ class ProxyServer:
         self._checkpoints: set[asyncio.Future[Any]] = set()
         self._sweeper: asyncio.Future[None] | None = None
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+    def server(self) -> web.Server:
+        """aiohttp's low-level server: every request to `handle`, with no application, router
+        or middleware between (the proxy routes by path itself)."""
+        loop = asyncio.get_running_loop()
+
+        def request(
+            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+        ) -> BaseRequest:
+            return BaseRequest(
+                message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY
+            )
+
+        return web.Server(
+            self.handle, request_factory=request, handler_cancellation=True, access_log=None
+        )
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; returns the port (the one the system picked for 0). OSError if it cannot."""
         self.upstream = Upstream()
-        runner = web.AppRunner(
-            self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-        )
+        runner = web.ServerRunner(self.server(), shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:
@@ -126,7 +136,7 @@ class ProxyServer:
 
     # -- routing -------------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
         path, method = request.path, request.method
         try:
             if method == "HEAD" and path in _LOCAL_HEAD:
@@ -165,7 +175,7 @@ class ProxyServer:
                 "agentguard proxy: internal error (see the proxy's log)",
             )
 
-    async def forward(self, request: web.Request) -> web.Response:
+    async def forward(self, request: BaseRequest) -> web.Response:
         """count_tokens and models: not model calls, passed to the Anthropic upstream as is."""
         assert self.upstream is not None
         incoming = await _incoming("anthropic", request)
@@ -177,7 +187,7 @@ class ProxyServer:
 
     # -- a model call: one guarded step ------------------------------------------------------
 
-    async def model_call(self, kind: str, request: web.Request) -> web.StreamResponse:
+    async def model_call(self, kind: str, request: BaseRequest) -> web.StreamResponse:
         assert self.upstream is not None
         upstream = self.upstream
         incoming = await _incoming(kind, request)
@@ -212,7 +222,7 @@ class ProxyServer:
     async def _guarded(
         self,
         kind: str,
-        request: web.Request,
+        request: BaseRequest,
         incoming: Incoming,
         data: dict[str, Any],
         session: Session,
@@ -332,7 +342,7 @@ class ProxyServer:
 
     async def _pass_stream(
         self,
-        request: web.Request,
+        request: BaseRequest,
         stream: LiveStream,
         marks: list[tuple[str, str]],
         guard: Any,
@@ -394,7 +404,7 @@ class FirstBytesReady(web.StreamResponse):
 
 
 async def _send_translated(
-    request: web.Request,
+    request: BaseRequest,
     value: Translated,
     marks: list[tuple[str, str]],
     stream: bool,
@@ -426,7 +436,7 @@ class _TooLarge(Exception):
     pass
 
 
-async def _incoming(kind: str, request: web.Request) -> Incoming:
+async def _incoming(kind: str, request: BaseRequest) -> Incoming:
     """The request's headers and body; a body over MAX_BODY is read to its end (so the client
     gets the answer, not a reset) but never kept. Path and query go on as the client encoded
     them (`%2F`, `%23`, `%25` stay as they are)."""
@@ -444,7 +454,7 @@ async def _incoming(kind: str, request: web.Request) -> Incoming:
     )
 
 
-async def _read_capped(request: web.Request) -> bytes:
+async def _read_capped(request: BaseRequest) -> bytes:
     """A body of unknown (or too large a) length, read to its end; _TooLarge past MAX_BODY."""
     body = bytearray()
     too_large = (request.content_length or 0) > MAX_BODY
