@@ -895,3 +895,21 @@ def test_an_endless_answer_header_is_refused_once_past_the_limit() -> None:
             await writer.drain()
 
     refused(server, "head is over")
+
+
+def test_answer_headers_read_as_httpx2_reads_them() -> None:
+    """The answer's headers (built straight from the parser's bytes) look up, join and change
+    as httpx2.Headers does."""
+    raw = [(b"Content-Type", b"application/json"), (b"X-Many", b"a"), (b"x-many", b"b")]
+    ours, theirs = http_client._AnswerHeaders(list(raw)), httpx2.Headers(list(raw))
+    for key in ("content-type", "CONTENT-TYPE", "x-many", "absent"):
+        assert ours.get(key) == theirs.get(key)
+        assert (key in ours) == (key in theirs)
+    assert ours.multi_items() == theirs.multi_items() and ours.raw == theirs.raw
+    for headers in (ours, theirs):
+        headers.update({"X-Many": "c"})
+        headers["X-New"] = "d"
+        del headers["content-type"]
+    assert ours.multi_items() == theirs.multi_items()
+    assert ours.get("x-many") == theirs.get("x-many") == "c"
+    assert ours.get("content-type") is None and ours["x-new"] == "d"

@@ -24,6 +24,7 @@ failure goes to the classifier, which decides.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import select
 import ssl
@@ -31,6 +32,7 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -71,6 +73,44 @@ class Request:
     content: bytes | None
 
 
+class _AnswerHeaders(httpx2.Headers):
+    """httpx2's Headers of an answer's raw byte pairs, built without re-checking each pair
+    (the parser gave bytes already) and with single-valued lookups from a dict made once; every
+    other method is httpx2's own."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._list = [(name, name.lower(), value) for name, value in raw]
+        self._encoding = None
+        self._first: dict[str, str | None] | None = None
+
+    def __getitem__(self, key: str) -> str:
+        lookup = self._first
+        if lookup is None:
+            seen: dict[str, list[bytes]] = {}
+            for _, name, value in self._list:
+                seen.setdefault(name.decode(self.encoding), []).append(value)
+            lookup = self._first = {
+                name: ", ".join(v.decode(self.encoding) for v in values)
+                for name, values in seen.items()
+            }
+        value = lookup.get(key.lower())
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._first = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._first = None
+        super().__delitem__(key)
+
+    def update(self, headers: Any = None) -> None:  # type: ignore[override]
+        super().update(headers)
+        self._first = None
+
+
 class Response:
     """An upstream answer whose body is read on demand (`aread`, `aiter_bytes`)."""
 
@@ -78,7 +118,7 @@ class Response:
         self._connection: _Connection | None = connection
         self._client = client
         self.status_code = connection.status
-        self.headers = httpx2.Headers(connection.raw_headers)  # bytes: any octet survives
+        self.headers = _AnswerHeaders(connection.raw_headers)  # bytes: any octet survives
         self._content: bytes | None = None
 
     @property
@@ -89,6 +129,10 @@ class Response:
     async def aread(self) -> bytes:
         """The whole body; one over MAX_WHOLE_BODY is a RemoteProtocolError (connection
         closed)."""
+        connection = self._connection
+        if self._content is None and connection is not None and connection.whole():
+            self._content = connection.take_all()  # all in already: no reading loop
+            self._release()
         if self._content is None:
             chunks, size = [], 0
             async for chunk in self.aiter_bytes():
@@ -315,6 +359,18 @@ class _Connection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             await self._wait()
+
+    def whole(self) -> bool:
+        """The whole answer is in, and within MAX_WHOLE_BODY."""
+        return self._done and self._error is None and self.buffered <= MAX_WHOLE_BODY
+
+    def take_all(self) -> bytes:
+        """The whole answer's body (see `whole`)."""
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        return data
 
     async def read(self) -> bytes:
         """What of the body has arrived (at least a byte), or b"" at its end."""
@@ -577,23 +633,31 @@ class _Decoder:
         return tail
 
 
-def _encode(request: Request) -> tuple[_Key, bytes]:
-    """The pool key and the request's bytes: head, then body."""
-    url = urlsplit(request.url)
-    default_port = _DEFAULT_PORTS.get(url.scheme)
-    host = url.hostname
+@functools.lru_cache(maxsize=256)
+def _parts(url: str) -> tuple[_Key, str, str]:
+    """A URL's pool key, request target and Host header (the proxy sends to a few URLs, again
+    and again)."""
+    split = urlsplit(url)
+    default_port = _DEFAULT_PORTS.get(split.scheme)
+    host = split.hostname
     if default_port is None or not host:
-        raise httpx2.UnsupportedProtocol(f"not an http(s) URL: {request.url!r}")
+        raise httpx2.UnsupportedProtocol(f"not an http(s) URL: {url!r}")
     try:
-        port = url.port or default_port
+        port = split.port or default_port
     except ValueError as exc:
-        raise httpx2.UnsupportedProtocol(f"a bad port in {request.url!r}") from exc
+        raise httpx2.UnsupportedProtocol(f"a bad port in {url!r}") from exc
     authority = f"[{host}]" if ":" in host else host
     if port != default_port:
         authority = f"{authority}:{port}"
-    target = quote(_STRAY_PERCENT.sub("%25", url.path or "/"), safe=_TARGET_SAFE)
-    if url.query:
-        target = f"{target}?{quote(_STRAY_PERCENT.sub('%25', url.query), safe=_TARGET_SAFE)}"
+    target = quote(_STRAY_PERCENT.sub("%25", split.path or "/"), safe=_TARGET_SAFE)
+    if split.query:
+        target = f"{target}?{quote(_STRAY_PERCENT.sub('%25', split.query), safe=_TARGET_SAFE)}"
+    return (split.scheme, host, port), target, authority
+
+
+def _encode(request: Request) -> tuple[_Key, bytes]:
+    """The pool key and the request's bytes: head, then body."""
+    key, target, authority = _parts(request.url)
     lines = [f"{request.method} {target} HTTP/1.1", f"Host: {authority}"]
     body = request.content
     if body is not None:
@@ -609,7 +673,7 @@ def _encode(request: Request) -> tuple[_Key, bytes]:
         raise httpx2.LocalProtocolError("a header name or value holds a line break")
     # utf-8 with surrogateescape: header bytes aiohttp's server decoded so go out as they came
     data = (head + "\r\n\r\n").encode("utf-8", "surrogateescape")
-    return (url.scheme, host, port), data + body if body else data
+    return key, data + body if body else data
 
 
 def _readable(fd: int) -> bool:
