@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -40,6 +41,11 @@ class Join:
 
 Action = Call | Sleep | Join
 StepPlan = Generator[Action, Any, Any]
+
+# True while `adrive` runs a plan: its actions are awaited on an event loop, so work the plan
+# starts beside an action may wait for the loop's next turn (a blocking `drive` in a thread
+# that happens to have a running loop, a notebook's, must not defer it).
+ON_LOOP: ContextVar[bool] = ContextVar("agentguard_plan_on_loop", default=False)
 
 
 def drive(plan: StepPlan, call: Callable[[Call], Any], clock: Clock) -> Any:
@@ -88,6 +94,7 @@ async def adrive(plan: StepPlan, call: Callable[[Call], Awaitable[Any]], clock: 
 
     Cancellation (`task.cancel()`, `asyncio.wait_for` timing out) is thrown into the plan like
     an interrupt in `drive`, and the caller gets its own CancelledError."""
+    on_loop = ON_LOOP.set(True)
     try:
         action = next(plan)
         while True:
@@ -102,6 +109,8 @@ async def adrive(plan: StepPlan, call: Callable[[Call], Awaitable[Any]], clock: 
             action = plan.send(reply)
     except StopIteration as stop:
         return stop.value
+    finally:
+        ON_LOOP.reset(on_loop)
 
 
 async def _aperform(action: Action, call: Callable[[Call], Awaitable[Any]], clock: Clock) -> Any:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from agentguard.clock import Clock
+from agentguard.plan import ON_LOOP, Join
 from agentguard.plan import Action as PlanAction
-from agentguard.plan import Join
 from agentguard.routes import Route
 from agentguard.shadow.remote import Pusher, display_url
 from agentguard.snapshots import ShadowRepo, Snapshot
@@ -96,17 +96,15 @@ class TreeKeeping:
             self._starting.append(state)
 
     def _start_pending_snapshots(self) -> None:
-        """On an event loop, once the loop next turns — the call about to be made has then
-        written its request — so the snapshot thread's start is off the request's way out;
-        without one (a blocking call), now."""
+        """Driven on an event loop (`adrive`), once the loop next turns — the call about to be
+        made has then written its request — so the snapshot thread's start is off the
+        request's way out; driven by blocking calls, now."""
         if not self._starting:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        if ON_LOOP.get():
+            asyncio.get_running_loop().call_soon(self._start_snapshots_now)
+        else:
             self._start_snapshots_now()
-            return
-        loop.call_soon(self._start_snapshots_now)
 
     def _start_snapshots_now(self) -> None:
         while self._starting and not self._closed:

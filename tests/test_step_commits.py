@@ -236,3 +236,45 @@ def test_a_steps_snapshot_starts_only_after_its_call_is_on_its_way(
     assert message.content[0].text == "fixed"
     assert agentguard.info(message).checkpoint is not None  # the snapshot was taken, joined
     assert marks["snapshot"] - marks["commit"] >= SNAPSHOT_START_DELAY_S
+
+
+def test_a_blocking_call_made_inside_a_running_loop_still_snapshots_during_the_call(
+    project: Path, home: Path, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync client used where an event loop is running (a notebook, an async function that
+    blocks): the snapshot is not deferred to a loop turn that only comes after the answer —
+    it runs while the provider works, as in any blocking call."""
+    import asyncio
+    import threading
+
+    from agentguard.snapshots import ShadowRepo
+
+    started = threading.Event()
+    snapshot = ShadowRepo.snapshot
+
+    def signalling_snapshot(self: ShadowRepo, *args: Any, **kwargs: Any) -> Any:
+        started.set()
+        return snapshot(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShadowRepo, "snapshot", signalling_snapshot)
+    during_call: list[bool] = []
+
+    def model(_request: RecordedRequest) -> Turn:
+        during_call.append(started.wait(timeout=5))  # set at once unless it was deferred
+        return Turn(text="fixed")
+
+    async def in_a_loop() -> Any:
+        client = agentguard.wrap(
+            anthropic.Anthropic(base_url=fake.base_url, api_key=API_KEY),
+            project=project,
+            clock=clock,
+        )
+        try:
+            return client.messages.create(model=OPUS, max_tokens=64, messages=[user("fix it")])
+        finally:
+            client.agentguard.close()
+
+    with FakeProvider(model) as fake:
+        message = asyncio.run(in_a_loop())
+    assert message.content[0].text == "fixed"
+    assert during_call == [True]
