@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 
 import agentguard
 from agentguard.errors import StoreError
+from agentguard.snapshots import ShadowRepo
 from agentguard.store import DB_NAME, Store
 from agentguard.testing import FakeProvider, RecordedRequest, Turn
 from tests.conftest import API_KEY, ATTEMPTS, storm, user
@@ -200,25 +203,38 @@ def test_the_wal_is_still_checkpointed_when_steps_end_inside_batches(tmp_path: P
     store.close()
 
 
+class SnapshotsStarted(threading.Event):
+    """Set when a working-tree snapshot starts; `at`: when each did (time.monotonic)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: list[float] = []
+
+
+def snapshots_started(monkeypatch: pytest.MonkeyPatch) -> SnapshotsStarted:
+    """Watch ShadowRepo.snapshot (it runs on the snapshot thread) start, from now on."""
+    started = SnapshotsStarted()
+    snapshot = ShadowRepo.snapshot
+
+    def watched(self: ShadowRepo, *args: Any, **kwargs: Any) -> Any:
+        started.at.append(time.monotonic())
+        started.set()
+        return snapshot(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShadowRepo, "snapshot", watched)
+    return started
+
+
 def test_a_steps_snapshot_starts_only_after_its_call_is_on_its_way(
     project: Path, home: Path, clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The snapshot's git processes wait SNAPSHOT_START_DELAY_S after the commit that sends
     the call: a provider on this machine (a gateway, a local model server) reads the request
     first instead of sharing the CPUs with them."""
-    import time
-
-    from agentguard.snapshots import ShadowRepo
     from agentguard.tree_keeping import SNAPSHOT_START_DELAY_S
 
+    started = snapshots_started(monkeypatch)
     marks: dict[str, float] = {}
-    snapshot = ShadowRepo.snapshot
-
-    def timed_snapshot(self: ShadowRepo, *args: Any, **kwargs: Any) -> Any:
-        marks.setdefault("snapshot", time.monotonic())
-        return snapshot(self, *args, **kwargs)
-
-    monkeypatch.setattr(ShadowRepo, "snapshot", timed_snapshot)
 
     def on_sql(sql: str) -> None:
         if sql == "COMMIT":
@@ -235,7 +251,7 @@ def test_a_steps_snapshot_starts_only_after_its_call_is_on_its_way(
         client.agentguard.close()
     assert message.content[0].text == "fixed"
     assert agentguard.info(message).checkpoint is not None  # the snapshot was taken, joined
-    assert marks["snapshot"] - marks["commit"] >= SNAPSHOT_START_DELAY_S
+    assert started.at[0] - marks["commit"] >= SNAPSHOT_START_DELAY_S
 
 
 def test_a_blocking_call_made_inside_a_running_loop_still_snapshots_during_the_call(
@@ -245,18 +261,8 @@ def test_a_blocking_call_made_inside_a_running_loop_still_snapshots_during_the_c
     blocks): the snapshot is not deferred to a loop turn that only comes after the answer —
     it runs while the provider works, as in any blocking call."""
     import asyncio
-    import threading
 
-    from agentguard.snapshots import ShadowRepo
-
-    started = threading.Event()
-    snapshot = ShadowRepo.snapshot
-
-    def signalling_snapshot(self: ShadowRepo, *args: Any, **kwargs: Any) -> Any:
-        started.set()
-        return snapshot(self, *args, **kwargs)
-
-    monkeypatch.setattr(ShadowRepo, "snapshot", signalling_snapshot)
+    started = snapshots_started(monkeypatch)
     during_call: list[bool] = []
 
     def model(_request: RecordedRequest) -> Turn:

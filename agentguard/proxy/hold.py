@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 
 from agentguard.clock import Changes, Clock
 from agentguard.guard import Hold
@@ -52,7 +51,7 @@ class KeepAlive:
 
     def __init__(
         self,
-        request: BaseRequest,
+        request: web.BaseRequest,
         kind: str,
         clock: Clock,
         interval: float,

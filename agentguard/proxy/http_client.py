@@ -131,7 +131,7 @@ class Response:
         closed)."""
         connection = self._connection
         if self._content is None and connection is not None and connection.whole():
-            self._content = connection.take_all()  # all in already: no reading loop
+            self._content = connection.take()  # all in already: no reading loop
             self._release()
         if self._content is None:
             chunks, size = [], 0
@@ -364,8 +364,8 @@ class _Connection(asyncio.Protocol):
         """The whole answer is in, and within MAX_WHOLE_BODY."""
         return self._done and self._error is None and self.buffered <= MAX_WHOLE_BODY
 
-    def take_all(self) -> bytes:
-        """The whole answer's body (see `whole`)."""
+    def take(self) -> bytes:
+        """What of the body has arrived and is unread, all of it (the whole body once `whole`)."""
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
@@ -380,10 +380,7 @@ class _Connection(asyncio.Protocol):
             if self._done:
                 return b""
             await self._wait()
-        chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self.buffered = 0
+        data = self.take()
         if self.paused and self._transport is not None:
             self.paused = False
             self._transport.resume_reading()

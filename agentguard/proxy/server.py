@@ -27,7 +27,6 @@ from typing import Any
 
 import httpx2
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from agentguard.classify import UpstreamError
@@ -84,8 +83,8 @@ class ProxyServer:
 
         def request(
             message: Any, payload: Any, protocol: Any, writer: Any, task: Any
-        ) -> BaseRequest:
-            return BaseRequest(
+        ) -> web.BaseRequest:
+            return web.BaseRequest(
                 message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY
             )
 
@@ -136,7 +135,7 @@ class ProxyServer:
 
     # -- routing -------------------------------------------------------------------------------
 
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path, method = request.path, request.method
         try:
             if method == "HEAD" and path in _LOCAL_HEAD:
@@ -175,7 +174,7 @@ class ProxyServer:
                 "agentguard proxy: internal error (see the proxy's log)",
             )
 
-    async def forward(self, request: BaseRequest) -> web.Response:
+    async def forward(self, request: web.BaseRequest) -> web.Response:
         """count_tokens and models: not model calls, passed to the Anthropic upstream as is."""
         assert self.upstream is not None
         incoming = await _incoming("anthropic", request)
@@ -187,7 +186,7 @@ class ProxyServer:
 
     # -- a model call: one guarded step ------------------------------------------------------
 
-    async def model_call(self, kind: str, request: BaseRequest) -> web.StreamResponse:
+    async def model_call(self, kind: str, request: web.BaseRequest) -> web.StreamResponse:
         assert self.upstream is not None
         upstream = self.upstream
         incoming = await _incoming(kind, request)
@@ -222,7 +221,7 @@ class ProxyServer:
     async def _guarded(
         self,
         kind: str,
-        request: BaseRequest,
+        request: web.BaseRequest,
         incoming: Incoming,
         data: dict[str, Any],
         session: Session,
@@ -342,7 +341,7 @@ class ProxyServer:
 
     async def _pass_stream(
         self,
-        request: BaseRequest,
+        request: web.BaseRequest,
         stream: LiveStream,
         marks: list[tuple[str, str]],
         guard: Any,
@@ -404,7 +403,7 @@ class FirstBytesReady(web.StreamResponse):
 
 
 async def _send_translated(
-    request: BaseRequest,
+    request: web.BaseRequest,
     value: Translated,
     marks: list[tuple[str, str]],
     stream: bool,
@@ -436,7 +435,7 @@ class _TooLarge(Exception):
     pass
 
 
-async def _incoming(kind: str, request: BaseRequest) -> Incoming:
+async def _incoming(kind: str, request: web.BaseRequest) -> Incoming:
     """The request's headers and body; a body over MAX_BODY is read to its end (so the client
     gets the answer, not a reset) but never kept. Path and query go on as the client encoded
     them (`%2F`, `%23`, `%25` stay as they are)."""
@@ -454,7 +453,7 @@ async def _incoming(kind: str, request: BaseRequest) -> Incoming:
     )
 
 
-async def _read_capped(request: BaseRequest) -> bytes:
+async def _read_capped(request: web.BaseRequest) -> bytes:
     """A body of unknown (or too large a) length, read to its end; _TooLarge past MAX_BODY."""
     body = bytearray()
     too_large = (request.content_length or 0) > MAX_BODY
