@@ -46,7 +46,9 @@ class RetryBudget:
         self.settings = settings or BudgetSettings()
 
     def note(self, route: str, *, retry: bool) -> None:
-        """Record one request sent on `route` (call it before sending)."""
+        """Record one request sent on `route`: before sending, or (a step on an event loop,
+        `Guard._when_sent`) just after the request is on its way — either way before its
+        answer can ask for a retry."""
         now = self.clock.now()
         prune = self.store.transact(
             lambda db: self._insert(db.conn, route, now, retry), one_statement=True

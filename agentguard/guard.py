@@ -39,8 +39,8 @@ from agentguard.errors import ProjectError, Refuse, RetriesExhausted, RunQueued
 from agentguard.home import project_key
 from agentguard.model_ids import same_model
 from agentguard.otel import StepTracer
+from agentguard.plan import ON_LOOP, Call, Sleep, StepPlan
 from agentguard.plan import Action as PlanAction
-from agentguard.plan import Call, Sleep, StepPlan
 from agentguard.policy import Policy, resolve_policy
 from agentguard.records import AttemptRecord, StepInfo, attach, attempt_timing
 from agentguard.routes import Route
@@ -125,6 +125,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
             self._last_status = "running"
             self._held: set[int] = set()  # steps waiting in hold mode (the run shows `waiting`)
             self._starting: list[StepState] = []
+            self._when_sent: list[Callable[[], Any]] = []  # see TreeKeeping._after_stretch
             self._deferred: dict[int, StepState] = {}  # served, their snapshot still running
             self._unwritten: dict[int, StepState] = {}  # served, their rows wait (defer_record)
             self._executor = ThreadPoolExecutor(
@@ -234,7 +235,7 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
                     except StopIteration as stop:
                         return stop.value
             finally:
-                self._start_pending_snapshots()
+                self._after_stretch()
             error = None
             try:
                 reply = yield action
@@ -428,21 +429,27 @@ class Guard(RunLifecycle, TreeKeeping, StepRecording):
         last: tuple[Failure, BaseException] | None = None
         while True:
             tries += 1
-            self.budget.note(route.key, retry=tries > 1)
+            on_loop = ON_LOOP.get()
+            if not on_loop:
+                self.budget.note(route.key, retry=tries > 1)
             if self._opened_meanwhile(route, admission, tries):
                 return None, self._leave_opened(state, route, last)
             number = len(state.attempts) + 1
             began_at, began = self.clock.now(), self.clock.monotonic()
             state.attempt_row = self._open_attempt(state, route, number, began_at)
+            if on_loop:  # the budget's row once the request is on its way (`_when_sent`)
+                self._when_sent.append(partial(self.budget.note, route.key, retry=tries > 1))
             state.in_flight = True
             self._snapshot_before_next_action(state)
             ok, result = yield Call(route, number)
             latency = self.clock.monotonic() - began
             when = attempt_timing(number, route, began_at, state.slept, latency)
             if ok:
+                # the attempt's row first: its write begins the transaction the breaker's
+                # read then runs in (a read on its own would begin and end one of its own)
+                self._record(state, route, AttemptRecord.served(when, result), served=True)
                 success = partial(self.breaker.record_success, route.key, sent_at=began_at)
                 self._write(state, success)
-                self._record(state, route, AttemptRecord.served(when, result), served=True)
                 state.slept = 0.0
                 return result, None
             failure = describe(result, now=self.clock.now())

@@ -89,6 +89,16 @@ def _perform(action: Action, call: Callable[[Call], Any], clock: Clock) -> Any:
         raise _Failed(exc) from None
 
 
+def first_on_loop(plan: StepPlan) -> Action:
+    """The plan's first stretch, taken before `adrive` goes on with it (the proxy's step, which
+    needs the step's id before its call), marked as on the loop as adrive marks the rest."""
+    on_loop = ON_LOOP.set(True)
+    try:
+        return next(plan)
+    finally:
+        ON_LOOP.reset(on_loop)
+
+
 async def adrive(plan: StepPlan, call: Callable[[Call], Awaitable[Any]], clock: Clock) -> Any:
     """Run a step plan on an event loop; a snapshot still runs in its own thread.
 

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,11 @@ SNAPSHOT_START_DELAY_S = 0.002
 
 @dataclass(frozen=True)
 class Checkpoint(Snapshot):
-    """A step's snapshot with the user's own git state read right after it."""
+    """A step's snapshot with the user's own git state read right after it; `recorded`: its
+    row is in the store already (written by the snapshot thread)."""
 
     git: GitState | None = None
+    recorded: bool = False
 
 
 class TreeKeeping:
@@ -73,10 +75,14 @@ class TreeKeeping:
 
     _write_held_back: Callable[[StepState], None]  # Guard._write_held_back
 
-    def _snapshot_step(self, message: str, ref: str, not_before: float = 0.0) -> Snapshot:
+    def _snapshot_step(
+        self, message: str, ref: str, step_id: int, not_before: float = 0.0
+    ) -> Checkpoint:
         """Run in the snapshot thread: the tree, then the user's branch/HEAD/dirty (a `git
-        status` that can take a while in a large tree, so never on the caller's path); not
-        before `not_before` (time.monotonic)."""
+        status` that can take a while in a large tree, so never on the caller's path), then
+        the snapshot's row — while the call is out, not between its answer and the hand-over
+        (the step's join writes the row if this could not); not before `not_before`
+        (time.monotonic)."""
         assert self.shadow is not None
         wait = not_before - time.monotonic()
         if wait > 0:
@@ -84,9 +90,16 @@ class TreeKeeping:
         snap = self.shadow.snapshot(message, ref=ref)
         kept = {f.name: getattr(snap, f.name) for f in fields(Snapshot)}
         git = self._git_reader.read(snapshot_tree=snap.tree, complete=not snap.skipped)
-        return Checkpoint(**kept, git=git)
+        checkpoint = Checkpoint(**kept, git=git)
+        try:
+            self._store_snapshot(step_id, checkpoint, "checkpoint")
+        except Exception:  # the store busy or closing: the step's join writes the row
+            log.debug("agentguard: the snapshot thread could not record %s", ref, exc_info=True)
+            return checkpoint
+        return replace(checkpoint, recorded=True)
 
     _starting: list[StepState]  # snapshots to start once the stretch's writes are committed
+    _when_sent: list[Callable[[], Any]]  # writes that wait until the call is on its way
 
     def _snapshot_before_next_action(self, state: StepState) -> None:
         """Start the step's snapshot just before its next action (a call, a wait), after the
@@ -95,18 +108,25 @@ class TreeKeeping:
         if state.snapshot_job is not None:
             self._starting.append(state)
 
-    def _start_pending_snapshots(self) -> None:
-        """Driven on an event loop (`adrive`), once the loop next turns — the call about to be
-        made has then written its request — so the snapshot thread's start is off the
-        request's way out; driven by blocking calls, now."""
-        if not self._starting:
+    def _after_stretch(self) -> None:
+        """Once a stretch's writes are committed: driven on an event loop (`adrive`), at the
+        loop's next turn — the call about to be made has then written its request — so the
+        snapshot thread's start and the writes that may wait (`_when_sent`: the retry
+        budget's row) are off the request's way out; driven by blocking calls, now."""
+        if not self._starting and not self._when_sent:
             return
         if ON_LOOP.get():
-            asyncio.get_running_loop().call_soon(self._start_snapshots_now)
+            asyncio.get_running_loop().call_soon(self._request_sent)
         else:
-            self._start_snapshots_now()
+            self._request_sent()
 
-    def _start_snapshots_now(self) -> None:
+    def _request_sent(self) -> None:
+        writes, self._when_sent = self._when_sent, []
+        for write in writes:
+            try:
+                write()
+            except Exception as exc:  # a lost budget row must not fail a step already sent
+                log.warning("agentguard: a write after the request was sent failed: %s", exc)
         while self._starting and not self._closed:
             self._start_snapshot(self._starting.pop(), delay=SNAPSHOT_START_DELAY_S)
 
@@ -119,7 +139,7 @@ class TreeKeeping:
             message, ref = job
             not_before = time.monotonic() + delay
             state.snapshot = self._executor.submit(
-                self._snapshot_step, message, ref=ref, not_before=not_before
+                self._snapshot_step, message, ref=ref, step_id=state.step_id, not_before=not_before
             )
 
     def _join_snapshot(self, state: StepState) -> Generator[PlanAction, Any, None]:
@@ -140,7 +160,8 @@ class TreeKeeping:
     def _took_checkpoint(self, state: StepState, snap: Snapshot) -> None:
         self._write_held_back(state)  # the step's `ok` row first: the checkpoint goes onto it
         state.checkpoint = snap.commit
-        self._store_snapshot(state, snap, "checkpoint")
+        if not (isinstance(snap, Checkpoint) and snap.recorded):
+            self._store_snapshot(state.step_id, snap, "checkpoint")
         if state.ended:
             self.store.update_step(state.step_id, checkpoint=snap.commit)
         if snap.skipped:
@@ -165,7 +186,7 @@ class TreeKeeping:
         if restored is None:
             self.event(state.step_id, "tree_verified", route=route.key, checkpoint=checkpoint)
             return
-        self._store_snapshot(state, current, "drift")
+        self._store_snapshot(state.step_id, current, "drift")
         changes = [{"status": c.status, "path": c.path} for c in restored.changes]
         self.event(
             state.step_id,
@@ -185,7 +206,7 @@ class TreeKeeping:
             route.key,
         )
 
-    def _store_snapshot(self, state: StepState, snap: Snapshot, kind: str) -> None:
+    def _store_snapshot(self, step_id: int, snap: Snapshot, kind: str) -> None:
         if self._pusher is not None:
             self._pusher.request()
         self.store.insert_snapshot(
@@ -193,7 +214,7 @@ class TreeKeeping:
                 "commit_sha": snap.commit,
                 "project": str(self.project),
                 "run_id": self.run_id,
-                "step_id": state.step_id,
+                "step_id": step_id,
                 "kind": kind,
                 "created_at": self.clock.now(),
                 "tree": snap.tree,

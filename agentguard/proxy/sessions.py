@@ -27,7 +27,7 @@ from typing import Any
 
 from agentguard.conversation import Head, message_sha
 from agentguard.guard import Guard
-from agentguard.plan import Call, StepPlan, adrive
+from agentguard.plan import Call, StepPlan, adrive, first_on_loop
 from agentguard.proxy.hold import KeepAlive
 from agentguard.proxy.options import ProxyOptions
 from agentguard.routes import Route
@@ -218,7 +218,7 @@ class Sessions:
             defer_checkpoint=live,
             defer_record=live,
         )
-        first = next(plan)  # the checkpoint: the step's row, its new messages, the snapshot
+        first = first_on_loop(plan)  # the checkpoint: the step, its messages, the snapshot
         if on_started is not None and head.step_id is not None:
             on_started(guard, head.step_id)
         if keeper is None:

@@ -1,0 +1,147 @@
+"""What a proxied step does between a request's arrival and its send, and between the answer
+and its hand-over, is the latency the proxy adds: only what must come first is there.
+
+Before the send: the step's checkpoint rows and its attempt, one commit (a crash after the send
+still finds the attempt). After the send, while the provider works: the retry budget's row (load
+accounting, not the record of the work), the tree snapshot and the snapshot's row, written by
+the snapshot thread. After the answer: the attempt's outcome and the step's end, one commit,
+before the client has the answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from agentguard.budget import RetryBudget
+from agentguard.proxy import http_client
+from agentguard.store import Store
+from agentguard.testing import FakeProvider, RecordedRequest, Turn
+from agentguard.tree_keeping import TreeKeeping
+from tests.conftest import API_KEY
+
+OPUS = "claude-opus-4-7"
+HEADERS = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+BODY = {"model": OPUS, "max_tokens": 64, "messages": [{"role": "user", "content": "fix it"}]}
+
+
+def _ask(proxy: Any) -> httpx2.Response:
+    with httpx2.Client(timeout=30) as client:
+        response = client.post(f"{proxy.url}/v1/messages", json=BODY, headers=HEADERS)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def test_a_proxied_request_leaves_before_its_budget_row_and_its_snapshot_start(
+    fake: FakeProvider, start_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+    begin, note, start = (
+        http_client._Connection.begin,
+        RetryBudget.note,
+        TreeKeeping._start_snapshot,
+    )
+
+    def sent(self: Any, data: bytes, *, head_only: bool) -> None:
+        begin(self, data, head_only=head_only)
+        order.append("request sent")
+
+    def noted(self: Any, route: str, *, retry: bool) -> None:
+        order.append("budget row")
+        note(self, route, retry=retry)
+
+    def started(self: Any, state: Any, *, delay: float = 0.0) -> None:
+        if state.snapshot_job is not None:
+            order.append("snapshot submitted")
+        start(self, state, delay=delay)
+
+    monkeypatch.setattr(http_client._Connection, "begin", sent)
+    monkeypatch.setattr(RetryBudget, "note", noted)
+    monkeypatch.setattr(TreeKeeping, "_start_snapshot", started)
+    fake.set_model(lambda _request: Turn(text="fixed"))
+    proxy = start_proxy()
+    _ask(proxy)  # its upstream connection made (the loop turns while it connects)
+    order.clear()
+    _ask(proxy)  # on the kept-alive connection: sent without a turn of the loop
+    assert order[0] == "request sent", order
+    assert sorted(order) == ["budget row", "request sent", "snapshot submitted"]
+
+
+def test_the_snapshots_row_is_written_while_the_call_is_out_not_after_the_answer(
+    fake: FakeProvider, start_proxy: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = threading.Event()
+    insert = Store.insert_snapshot
+
+    def insert_snapshot(self: Store, row: dict[str, Any]) -> None:
+        insert(self, row)
+        recorded.set()
+
+    monkeypatch.setattr(Store, "insert_snapshot", insert_snapshot)
+
+    def model(_request: RecordedRequest) -> Turn:
+        assert recorded.wait(timeout=30)  # the provider answers once the row is there
+        return Turn(text="fixed")
+
+    fake.set_model(model)
+    proxy = start_proxy()
+    statements: list[tuple[str, str]] = []
+    store = Store.open(home)  # the process's one connection: the proxy's
+    store.db.conn.set_trace_callback(
+        lambda sql: statements.append((threading.current_thread().name, sql))
+    )
+    response = _ask(proxy)
+    store.db.conn.set_trace_callback(None)
+
+    # the transaction on the proxy's loop that ends the step: no snapshot row in it
+    on_loop = [sql for thread, sql in statements if thread == "agentguard-proxy"]
+    last_begin = max(i for i, sql in enumerate(on_loop) if sql == "BEGIN IMMEDIATE")
+    ending = on_loop[last_begin:]
+    assert any(sql.startswith('update "steps" set "status" = \'ok\'') for sql in ending), ending
+    assert not any("snapshots" in sql for sql in ending), ending
+    written = [t for t, sql in statements if sql.startswith('insert or replace into "snapshots"')]
+    assert written and "agentguard-proxy" not in written, written
+    # and it is there, the step's checkpoint, when the client has the answer
+    step = _step(store, response)
+    snapshots = store.query("select * from snapshots where step_id = ?", [step["id"]])
+    assert step["status"] == "ok" and [s["commit_sha"] for s in snapshots] == [step["checkpoint"]]
+
+
+def test_a_snapshot_row_the_snapshot_thread_could_not_write_is_written_by_the_step(
+    fake: FakeProvider, start_proxy: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    insert = Store.insert_snapshot
+    refused: list[str] = []
+
+    def insert_snapshot(self: Store, row: dict[str, Any]) -> None:
+        if threading.current_thread().name != "agentguard-proxy" and not refused:
+            refused.append(row["commit_sha"])
+            raise sqlite_busy()
+        insert(self, row)
+
+    monkeypatch.setattr(Store, "insert_snapshot", insert_snapshot)
+    fake.set_model(lambda _request: Turn(text="fixed"))
+    response = _ask(start_proxy())
+    store = Store.open(home)
+    step = _step(store, response)
+    snapshots = store.query("select * from snapshots where step_id = ?", [step["id"]])
+    assert refused == [step["checkpoint"]]
+    assert [s["commit_sha"] for s in snapshots] == [step["checkpoint"]]
+
+
+def _step(store: Store, response: httpx2.Response) -> dict[str, Any]:
+    [step] = store.query(
+        "select * from steps where run_id = ? and number = ?",
+        [response.headers["x-agentguard-run"], int(response.headers["x-agentguard-step"])],
+    )
+    return step
+
+
+def sqlite_busy() -> Exception:
+    import sqlite3
+
+    return sqlite3.OperationalError("database is locked")
