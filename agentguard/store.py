@@ -210,6 +210,16 @@ class Store(StoreReads):
         self._checkpoint_if_due()
 
     @contextmanager
+    def others_wait(self) -> Iterator[None]:
+        """Every other thread's reads and writes on this store wait until the block ends: the
+        proxy hands an answer over and writes the rows saying it was served inside one, so a
+        reader in this process never finds them missing once the client has the answer. The
+        same thread is not held (the lock is reentrant): other tasks on the proxy's event loop
+        go on, each with transactions of its own."""
+        with self._lock:
+            yield
+
+    @contextmanager
     def outside_batch(self) -> Iterator[None]:
         """Commit an open `batch` for the length of the block (a user's callback, which may
         take its time), so other processes' writers never wait for it; the batch goes on

@@ -205,6 +205,12 @@ class PostgresStore(StoreReads):
     def outside_batch(self) -> Iterator[None]:
         yield
 
+    @contextmanager
+    def others_wait(self) -> Iterator[None]:
+        """SQLite's store holds this process's other readers here; PostgreSQL's readers are
+        connections of their own, as another process's are (see `Store.others_wait`)."""
+        yield
+
     def transact(self, block: Callable[[Transaction], T], *, one_statement: bool = False) -> T:
         """`block(tx)` inside `write()`, run again on a new connection if the server drops
         the one it had (see module). `block` must be safe to run twice: the breaker's and the

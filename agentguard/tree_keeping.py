@@ -158,7 +158,8 @@ class TreeKeeping:
         self._took_checkpoint(state, snap)
 
     def _took_checkpoint(self, state: StepState, snap: Snapshot) -> None:
-        self._write_held_back(state)  # the step's `ok` row first: the checkpoint goes onto it
+        if state.ended:  # its `ok` row held back: written first, the checkpoint goes onto it
+            self._write_held_back(state)
         state.checkpoint = snap.commit
         if not (isinstance(snap, Checkpoint) and snap.recorded):
             self._store_snapshot(state.step_id, snap, "checkpoint")

@@ -4,8 +4,10 @@ and its hand-over, is the latency the proxy adds: only what must come first is t
 Before the send: the step's checkpoint rows and its attempt, one commit (a crash after the send
 still finds the attempt). After the send, while the provider works: the retry budget's row (load
 accounting, not the record of the work), the tree snapshot and the snapshot's row, written by
-the snapshot thread. After the answer: the attempt's outcome and the step's end, one commit,
-before the client has the answer.
+the snapshot thread. Before the answer goes: the snapshot joined (the client must not act on the
+answer before the tree is kept) and a substitution's rows. Right after it — a whole answer's as
+a stream's after its first content — the attempt's outcome and the step's end, one commit,
+which a reader in the proxy's process waits for.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def test_the_snapshots_row_is_written_while_the_call_is_out_not_after_the_answer
         lambda sql: statements.append((threading.current_thread().name, sql))
     )
     response = _ask(proxy)
+    step = _step(store, response)  # a read: it waits for the rows written after the answer
     store.db.conn.set_trace_callback(None)
 
     # the transaction on the proxy's loop that ends the step: no snapshot row in it
@@ -106,7 +109,6 @@ def test_the_snapshots_row_is_written_while_the_call_is_out_not_after_the_answer
     written = [t for t, sql in statements if sql.startswith('insert or replace into "snapshots"')]
     assert written and "agentguard-proxy" not in written, written
     # and it is there, the step's checkpoint, when the client has the answer
-    step = _step(store, response)
     snapshots = store.query("select * from snapshots where step_id = ?", [step["id"]])
     assert step["status"] == "ok" and [s["commit_sha"] for s in snapshots] == [step["checkpoint"]]
 
@@ -145,3 +147,32 @@ def sqlite_busy() -> Exception:
     import sqlite3
 
     return sqlite3.OperationalError("database is locked")
+
+
+def test_a_reader_in_the_proxys_process_waits_for_the_rows_of_an_answer_handed_over(
+    fake: FakeProvider, start_proxy: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client has the answer before its rows are written; a reader in the proxy's process
+    (the TUI, an in-process caller) waits for them rather than find the step pending."""
+    from agentguard.guard import Guard
+
+    store = Store.open(home)
+    seen: list[str] = []
+    readers: list[threading.Thread] = []
+    record = Guard.record_handed_over
+
+    def record_handed_over(self: Guard, step_id: int) -> None:
+        if step_id in self._unwritten:  # the answer is out, its rows not yet written
+            reader = threading.Thread(target=lambda: seen.append(store.get_step(step_id)["status"]))
+            readers.append(reader)
+            reader.start()
+            reader.join(timeout=0.5)  # it returns at once unless it waits for the rows
+        record(self, step_id)
+
+    monkeypatch.setattr(Guard, "record_handed_over", record_handed_over)
+    fake.set_model(lambda _request: Turn(text="fixed"))
+    response = _ask(start_proxy())
+    for reader in readers:
+        reader.join(timeout=30)
+    assert len(readers) == 1 and seen == ["ok"]
+    assert _step(store, response)["status"] == "ok"

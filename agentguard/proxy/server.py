@@ -310,11 +310,19 @@ class ProxyServer:
                         "agentguard proxy: the provider answered a streamed request without a "
                         "stream"
                     )
-                return web.Response(
+                response = web.Response(
                     status=value.status,
                     headers=_headers([*value.headers, *marks]),
                     body=value.body,
                 )
+                # the answer first, then the rows saying it was served (as a stream's follow
+                # its first content): the client does not wait for them; a reader in this
+                # process does (others_wait), one elsewhere may find them a moment later
+                with guard.store.others_wait():
+                    await response.prepare(request)
+                    await response.write_eof()
+                    guard.record_handed_over(step_info.step_id)
+                return response
             assert isinstance(value, LiveStream)
             return await self._pass_stream(request, value, marks, guard, step_info, held)
         finally:  # a streamed step's rows wait for its first content (Guard.step(defer_record))

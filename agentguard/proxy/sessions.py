@@ -209,14 +209,16 @@ class Sessions:
         step's hold mode (seconds); `keeper` keeps a streaming client alive while it is held."""
         guard = session.guard
         head = session.lanes.setdefault(lane, Head())
-        live = request.stream  # passed on as it comes: its content goes before its records
         plan = guard.step(
             request,
             hold=hold,
             head=head,
             chain=routes,
-            defer_checkpoint=live,
-            defer_record=live,
+            # a stream is passed on as it comes: its snapshot is joined after its first content
+            defer_checkpoint=request.stream,
+            # any answer goes to the client before the rows saying it was served (the server
+            # writes them right after; a substitution is written before, never held back)
+            defer_record=True,
         )
         first = first_on_loop(plan)  # the checkpoint: the step, its messages, the snapshot
         if on_started is not None and head.step_id is not None:
