@@ -325,7 +325,8 @@ class ProxyServer:
                 return response
             assert isinstance(value, LiveStream)
             return await self._pass_stream(request, value, marks, guard, step_info, held)
-        finally:  # a streamed step's rows wait for its first content (Guard.step(defer_record))
+        finally:  # a step's rows wait for its answer to be on its way (Guard.step(defer_record)):
+            # written above as it went, or here (a translated answer's before aiohttp sends it)
             guard.record_handed_over(step_info.step_id)
 
     def _hold(self, session: Session, lane: str, length: int, guard: Guard, stream: bool) -> float:
