@@ -24,9 +24,9 @@ from agentguard.proxy import http_client
 from agentguard.store import Store
 from agentguard.testing import FakeProvider, RecordedRequest, Turn
 from agentguard.tree_keeping import TreeKeeping
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, storm
 
-OPUS = "claude-opus-4-7"
+OPUS, SONNET = "claude-opus-4-7", "claude-sonnet-4-6"
 HEADERS = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
 BODY = {"model": OPUS, "max_tokens": 64, "messages": [{"role": "user", "content": "fix it"}]}
 
@@ -164,15 +164,48 @@ def test_a_reader_in_the_proxys_process_waits_for_the_rows_of_an_answer_handed_o
     def record_handed_over(self: Guard, step_id: int) -> None:
         if step_id in self._unwritten:  # the answer is out, its rows not yet written
             reader = threading.Thread(target=lambda: seen.append(store.get_step(step_id)["status"]))
-            readers.append(reader)
             reader.start()
+            readers.append(reader)
             reader.join(timeout=0.5)  # it returns at once unless it waits for the rows
         record(self, step_id)
 
     monkeypatch.setattr(Guard, "record_handed_over", record_handed_over)
     fake.set_model(lambda _request: Turn(text="fixed"))
     response = _ask(start_proxy())
+    assert _step(store, response)["status"] == "ok"  # a read: it waits for the hand-over's end
     for reader in readers:
         reader.join(timeout=30)
     assert len(readers) == 1 and seen == ["ok"]
-    assert _step(store, response)["status"] == "ok"
+
+
+def test_a_substitution_is_written_before_its_answer_goes_an_answer_of_its_own_after(
+    fake: FakeProvider, start_proxy: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never hidden: a step served by another model than asked has its rows written (and
+    announced) before the answer is handed over; an ordinary step's follow the answer."""
+    from agentguard.guard import Guard
+
+    unwritten_at_hand_over: dict[str, bool] = {}
+    record = Guard.record_handed_over
+
+    def record_handed_over(self: Guard, step_id: int) -> None:
+        model = self.store.get_step(step_id)["requested_model"]
+        unwritten_at_hand_over.setdefault(model, step_id in self._unwritten)
+        record(self, step_id)
+
+    monkeypatch.setattr(Guard, "record_handed_over", record_handed_over)
+    proxy = start_proxy(chain=[f"anthropic:{OPUS}", f"anthropic:{SONNET}"])
+    fake.script(*storm(), model=OPUS)
+    substituted = _ask(proxy)
+    assert substituted.headers["x-agentguard-served-model"] == SONNET
+    store = Store.open(home)
+    _step(store, substituted)  # a read: it waits for the hand-over's end
+    assert unwritten_at_hand_over == {OPUS: False}  # written before the hand-over
+    unwritten_at_hand_over.clear()  # the next step is asked of sonnet: served as asked
+    fake.set_model(lambda _request: Turn(text="fixed"))
+    with httpx2.Client(timeout=30) as client:
+        body = {**BODY, "model": SONNET}
+        ordinary = client.post(f"{proxy.url}/v1/messages", json=body, headers=HEADERS)
+    assert ordinary.headers["x-agentguard-served-model"] == SONNET
+    _step(store, ordinary)
+    assert unwritten_at_hand_over == {SONNET: True}  # its rows followed the answer
