@@ -29,10 +29,10 @@ from typing import Any
 from aiohttp import web
 
 from agentguard.clock import Changes, Clock
-from agentguard.guard import Hold
 from agentguard.plan import Call
 from agentguard.proxy import answers
 from agentguard.proxy.stream import LiveStream
+from agentguard.retrying import Hold
 
 PING = {
     "anthropic": b'event: ping\ndata: {"type": "ping"}\n\n',
