@@ -209,3 +209,35 @@ def test_a_substitution_is_written_before_its_answer_goes_an_answer_of_its_own_a
     assert ordinary.headers["x-agentguard-served-model"] == SONNET
     _step(store, ordinary)
     assert unwritten_at_hand_over == {SONNET: True}  # its rows followed the answer
+
+
+def test_a_large_answer_its_client_does_not_read_never_holds_the_store(
+    fake: FakeProvider, start_proxy: Any, home: Path
+) -> None:
+    """An answer too large for the socket to take at once is written after its rows: its write
+    may wait for the client, and the store's other readers must not wait with it."""
+    import json
+    import select
+    import socket
+
+    fake.set_model(lambda _request: Turn(text="x" * (24 * 1024 * 1024)))
+    proxy = start_proxy()
+    body = json.dumps(BODY).encode()
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"x-api-key: {API_KEY}\r\nanthropic-version: 2023-06-01\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode()
+    store = Store.open(home)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as client:
+        client.sendall(head + body)
+        readable, _, _ = select.select([client], [], [], 60)
+        assert readable  # the answer is being handed over; the client reads none of it
+        seen: list[str] = []
+        reader = threading.Thread(
+            target=lambda: seen.extend(r["status"] for r in store.query("select status from steps"))
+        )
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "a reader waited for a client that does not read"
+        assert seen == ["ok"]

@@ -60,6 +60,10 @@ _LOCAL_HEAD = frozenset({"/", "/api/hello"})
 # A request of a conversation whose held stream ended in an error this recently (seconds) is
 # its client's resend: it is not held again.
 RESEND_WINDOW = 120.0
+# A JSON answer up to this size goes before the rows saying it was served, its write holding
+# the store's other readers (Store.others_wait): the socket takes it whole at once, so that
+# write never waits for the client. A larger one is written after its rows.
+HAND_OVER_FIRST_MAX = 64 * 1024
 _MODEL_CALLS = {"/v1/messages": "anthropic", "/v1/chat/completions": "openai"}
 
 
@@ -315,6 +319,11 @@ class ProxyServer:
                     headers=_headers([*value.headers, *marks]),
                     body=value.body,
                 )
+                if len(value.body) > HAND_OVER_FIRST_MAX:
+                    # its write may wait for a client that does not read, and the store must
+                    # not wait with it: the rows first, then the answer
+                    guard.record_handed_over(step_info.step_id)
+                    return response
                 # the answer first, then the rows saying it was served (as a stream's follow
                 # its first content): the client does not wait for them; a reader in this
                 # process does (others_wait), one elsewhere may find them a moment later
