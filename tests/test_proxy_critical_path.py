@@ -241,3 +241,76 @@ def test_a_large_answer_its_client_does_not_read_never_holds_the_store(
         reader.join(timeout=10)
         assert not reader.is_alive(), "a reader waited for a client that does not read"
         assert seen == ["ok"]
+
+
+# A proxy in a process of its own that SIGKILLs itself in the moment after an answer is handed
+# over and before the rows saying it was served are written.
+_DIES_AFTER_HAND_OVER = """
+import os, signal, sys, threading
+from agentguard.guard import Guard
+from agentguard.proxy import ProxyOptions, ProxyThread
+
+record = Guard.record_handed_over
+
+def record_handed_over(self, step_id):
+    if step_id in self._unwritten:  # the answer is out, its rows not yet written
+        os.kill(os.getpid(), signal.SIGKILL)
+    record(self, step_id)
+
+Guard.record_handed_over = record_handed_over
+project, home, upstream = sys.argv[1:4]
+proxy = ProxyThread(ProxyOptions.build(project, home=home, upstream=upstream)).start()
+print(proxy.url, flush=True)
+threading.Event().wait()
+"""
+
+
+def test_a_proxy_killed_between_an_answer_and_its_rows_leaves_the_step_as_a_kill_in_the_call(
+    fake: FakeProvider, project: Path, home: Path
+) -> None:
+    """The client has its whole answer; the proxy dies (SIGKILL) before writing the rows that
+    say it was served. The store is whole, the request's attempt is there with its step and
+    snapshot, and the next agentguard process finds them `interrupted`, as it would a step
+    whose call was cut."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from agentguard.resuming import mark_interrupted
+    from agentguard.store import DB_NAME
+
+    fake.set_model(lambda _request: Turn(text="fixed"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _DIES_AFTER_HAND_OVER, str(project), str(home), fake.base_url],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        url = child.stdout.readline().strip()
+        with httpx2.Client(timeout=30) as client:
+            response = client.post(f"{url}/v1/messages", json=BODY, headers=HEADERS)
+        assert response.status_code == 200
+        assert response.json()["content"][0]["text"] == "fixed"  # whole, before the kill
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    with sqlite3.connect(home / DB_NAME) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store = Store.open(home)
+    assert len(fake.requests) == 1  # one request sent: its attempt row is the one below
+    step = _step(store, response)
+    assert step["status"] == "pending"  # what a kill during the call leaves, too
+    assert [a["outcome"] for a in store.attempts(step["id"])] == ["pending"]
+    snapshots = store.query("select * from snapshots where step_id = ?", [step["id"]])
+    assert len(snapshots) == 1  # the tree was kept while the call was out
+    assert mark_interrupted(store) == [response.headers["x-agentguard-run"]]
+    step = _step(store, response)
+    assert step["status"] == "interrupted"
+    assert [a["outcome"] for a in store.attempts(step["id"])] == ["interrupted"]
