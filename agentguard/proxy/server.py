@@ -321,8 +321,7 @@ class ProxyServer:
                 )
                 if len(value.body) > HAND_OVER_FIRST_MAX:
                     # its write may wait for a client that does not read, and the store must
-                    # not wait with it: the rows first, then the answer
-                    guard.record_handed_over(step_info.step_id)
+                    # not wait with it: the rows first (finally, below), then aiohttp sends it
                     return response
                 # the answer first, then the rows saying it was served (as a stream's follow
                 # its first content): the client does not wait for them; a reader in this
